@@ -1,0 +1,33 @@
+"""oscar_core: the KV-cache compressor (OScaR and baselines), with no dependency on benchmark code.
+
+    import oscar_core as oc
+    spec = oc.get_method("oscar")                        # frozen spec, paper defaults
+    cache = oc.make_cache(model, "oscar")                # prepares the model once, returns a Cache
+    out = model.generate(**inputs, past_key_values=cache)
+    k_hat = oc.reference.roundtrip_keys(spec, k)         # reference numerics
+"""
+
+from oscar_core import reference
+from oscar_core.methods import MethodConfigError, MethodSpec, get_method, list_methods, register_method
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MethodConfigError",
+    "MethodSpec",
+    "get_method",
+    "list_methods",
+    "make_cache",
+    "prepare_model",
+    "reference",
+    "register_method",
+]
+
+
+def __getattr__(name: str):
+    # The cache pulls in transformers; import it only when asked for.
+    if name in ("make_cache", "prepare_model", "QuantizedKVCache"):
+        from oscar_core import cache
+
+        return getattr(cache, name)
+    raise AttributeError(f"module 'oscar_core' has no attribute {name!r}")

@@ -1,0 +1,408 @@
+"""transformers ``Cache`` backends that really store packed low-bit KV codes.
+
+Window and flush policy (METHODS.md, shared by all methods):
+
+* The prompt attends over its own unquantized K/V. Afterwards ``floor(T/R)*R`` prompt tokens are
+  quantized and ``T mod R`` stay in the full-precision window (for KIVI's sliding value window, the
+  last ``min(T, R)`` values stay).
+* While decoding each new token enters the window; when the window would exceed ``R`` tokens its
+  oldest ``R`` tokens are quantized as one block ("block flush"; the sliding value window moves its
+  oldest token instead, "token flush"). Every token is quantized exactly once.
+
+Per-sequence alignment. With left padding, each sequence's tokens are stored left-aligned from its
+first real token, so its quantization groups are exactly those of the sequence run alone and padded
+positions never enter a group. The padded timeline transformers expects is rebuilt when K/V are
+handed to attention (pads as zeros, masked anyway). The padding is read from the attention mask the
+first time the layer attends (see :mod:`oscar_core.attention`).
+
+Storage per layer and stream (keys, values): encoded units ``[batch, capacity, ...]`` (packed codes,
+fp16 scales/zeros, token norms; or, with ``fake_quant=True``, the dequantized tensors in the model's
+dtype) plus the full-precision window ``[batch, heads, <=R, head_dim]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache
+
+from oscar_core.methods import Block, MethodSpec, get_method
+
+
+@dataclass
+class _Stream:
+    """One of K or V in one layer: encoded units plus a left-aligned full-precision window."""
+
+    is_key: bool
+    unit: int  # tokens per encoded unit
+    window: int  # R
+    units: dict[str, torch.Tensor] = field(default_factory=dict)
+    n_units: list[int] = field(default_factory=list)
+    buf: torch.Tensor | None = None  # [B, H, width, D], width = max(buf_len)
+    buf_len: list[int] = field(default_factory=list)
+    tokens_quantized: int = 0  # total over the batch, for tests of the "exactly once" rule
+
+    def quantized_tokens(self, b: int) -> int:
+        return self.n_units[b] * self.unit
+
+    def length(self, b: int) -> int:
+        return self.quantized_tokens(b) + self.buf_len[b]
+
+
+class PackedKVLayer(CacheLayerMixin):
+    """One decoder layer's quantized KV cache (see the module docstring)."""
+
+    is_sliding = False
+    is_compileable = False
+    is_croppable = True
+    supports_early_init = False
+
+    def __init__(self, spec: MethodSpec, fake_quant: bool = False):
+        super().__init__()
+        self.spec = spec
+        self.fake_quant = fake_quant
+        r = spec.residual_length
+        key_unit = spec.block_tokens
+        value_unit = 1 if (spec.value_flush == "token" or r == 0) else r
+        self.k = _Stream(True, key_unit, r)
+        self.v = _Stream(False, value_unit, r)
+        self.total_len = 0  # length of the padded timeline transformers sees
+        self.pad: list[int] = []
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.dtype: torch.dtype | None = None
+
+    # -- CacheLayerMixin -------------------------------------------------------------------
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        self.dtype = key_states.dtype
+        self.is_initialized = True
+
+    def get_seq_length(self) -> int:
+        return self.total_len
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.total_len + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.pad) if self.pad else -1
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Take the new tokens (post-RoPE keys, values) and return them in the attention basis.
+
+        Only the new tokens are returned; :meth:`attention_inputs` (called by the registered attention
+        function) assembles the whole K/V. The prompt is held until the attention function has told
+        us the padding, then quantized (:meth:`commit_prompt`).
+        """
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if self._pending is not None:  # the attention function never ran: assume no padding
+            self.commit_prompt([0] * self._pending[0].shape[0])
+        k_att = self.spec.keys_to_attention(key_states)
+        if self.total_len == 0:
+            self._pending = (k_att, value_states)
+        else:
+            self._append(k_att, value_states)
+        self.total_len += key_states.shape[-2]
+        return k_att, value_states
+
+    # -- prompt ----------------------------------------------------------------------------
+    @property
+    def has_pending_prompt(self) -> bool:
+        return self._pending is not None
+
+    def commit_prompt(self, pad: list[int]) -> None:
+        """Quantize the held prompt; ``pad[b]`` = left-padding tokens of sequence ``b``."""
+        assert self._pending is not None
+        k, v = self._pending
+        self._pending = None
+        self.pad = list(pad)
+        for stream, x in ((self.k, k), (self.v, v)):
+            self._init_stream(stream, x)
+
+    def _prompt_quantized(self, stream: _Stream, length: int) -> int:
+        r = stream.window
+        if r == 0:
+            return length
+        if stream.unit == r:  # block flush
+            return (length // r) * r
+        return max(length - r, 0)  # sliding window
+
+    def _init_stream(self, s: _Stream, x: torch.Tensor) -> None:
+        batch, heads, total, dim = x.shape
+        s.n_units, s.buf_len = [], []
+        unit_batches, owners = [], []
+        tails = []
+        for b in range(batch):
+            real = x[b, :, self.pad[b] :]
+            n_q = self._prompt_quantized(s, real.shape[1])
+            n_units = n_q // s.unit
+            if n_units:
+                unit_batches.append(real[:, :n_q].reshape(heads, n_units, s.unit, dim).transpose(0, 1))
+                owners.extend((b, j) for j in range(n_units))
+            s.n_units.append(n_units)
+            tails.append(real[:, n_q:])
+            s.buf_len.append(tails[-1].shape[1])
+        width = max(s.buf_len)
+        s.buf = x.new_zeros(batch, heads, width, dim)
+        for b, tail in enumerate(tails):
+            s.buf[b, :, : tail.shape[1]] = tail
+        capacity = max(s.n_units)
+        s.units = {}
+        if unit_batches:
+            self._store_units(s, torch.cat(unit_batches, dim=0), owners, capacity, batch)
+
+    # -- decode ----------------------------------------------------------------------------
+    def _append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        for t in range(k.shape[-2]):
+            for stream, x in ((self.k, k), (self.v, v)):
+                self._append_token(stream, x[:, :, t : t + 1])
+
+    def _append_token(self, s: _Stream, x: torch.Tensor) -> None:
+        batch = x.shape[0]
+        if max(s.buf_len) + 1 > s.buf.shape[2]:
+            s.buf = torch.cat([s.buf, s.buf.new_zeros(batch, s.buf.shape[1], 1, s.buf.shape[3])], dim=2)
+        idx = torch.tensor(s.buf_len, device=x.device)
+        s.buf[torch.arange(batch, device=x.device), :, idx] = x[:, :, 0]
+        s.buf_len = [n + 1 for n in s.buf_len]
+        full = [b for b in range(batch) if s.buf_len[b] > s.window]
+        if full:
+            self._flush(s, full)
+
+    def _flush(self, s: _Stream, rows: list[int]) -> None:
+        """Quantize the oldest ``unit`` window tokens of the given sequences (always a whole unit)."""
+        rows_t = torch.tensor(rows, device=s.buf.device)
+        chunk = s.buf[rows_t, :, : s.unit]
+        capacity = max(s.n_units[b] + 1 for b in rows)
+        self._store_units(s, chunk, [(b, s.n_units[b]) for b in rows], capacity, s.buf.shape[0])
+        for b in rows:
+            s.n_units[b] += 1
+            s.buf_len[b] -= s.unit
+        shifted = s.buf[rows_t, :, s.unit :]
+        s.buf[rows_t, :, : shifted.shape[2]] = shifted
+        s.buf = s.buf[:, :, : max(s.buf_len)].contiguous()
+
+    # -- storage ---------------------------------------------------------------------------
+    def _encode(self, s: _Stream, x: torch.Tensor) -> Block:
+        block = self.spec.encode_keys(x) if s.is_key else self.spec.encode_values(x)
+        if self.fake_quant:  # research/test mode: same numerics, stored dequantized
+            return {"dense": self._decode_block(s, block)}
+        return block
+
+    def _decode_block(self, s: _Stream, block: Block) -> torch.Tensor:
+        if "dense" in block:
+            return block["dense"]
+        return self.spec.decode_keys(block, self.dtype) if s.is_key else self.spec.decode_values(block, self.dtype)
+
+    def _store_units(
+        self, s: _Stream, x: torch.Tensor, owners: list[tuple[int, int]], capacity: int, batch: int
+    ) -> None:
+        block = self._encode(s, x)
+        s.tokens_quantized += x.shape[0] * x.shape[2]
+        for name, t in block.items():
+            store = s.units.get(name)
+            if store is None:
+                store = t.new_zeros(batch, capacity, *t.shape[1:])
+            elif store.shape[1] < capacity:  # grow geometrically: amortised O(1) per unit
+                grow = max(capacity, 2 * store.shape[1]) - store.shape[1]
+                store = torch.cat([store, store.new_zeros(batch, grow, *store.shape[2:])], dim=1)
+            rows = torch.tensor([b for b, _ in owners], device=t.device)
+            slots = torch.tensor([j for _, j in owners], device=t.device)
+            store[rows, slots] = t
+            s.units[name] = store
+
+    def _dense_quantized(self, s: _Stream) -> torch.Tensor | None:
+        """All stored units decoded: ``[B, H, capacity*unit, D]`` (unused slots decode to garbage)."""
+        if not s.units:
+            return None
+        batch, capacity = next(iter(s.units.values())).shape[:2]
+        flat = {name: t.reshape(batch * capacity, *t.shape[2:]) for name, t in s.units.items()}
+        x = self._decode_block(s, flat)  # [B*cap, H, unit, D]
+        heads, dim = x.shape[1], x.shape[3]
+        return x.reshape(batch, capacity, heads, s.unit, dim).permute(0, 2, 1, 3, 4).reshape(
+            batch, heads, capacity * s.unit, dim
+        )
+
+    def _timeline(self, s: _Stream) -> torch.Tensor:
+        """The stream's K or V on the padded timeline ``[B, H, total_len, D]`` (pads are zeros)."""
+        quant = self._dense_quantized(s)
+        parts = ([quant.to(s.buf.dtype)] if quant is not None else []) + [s.buf]
+        src = torch.cat(parts, dim=2)
+        q_width = quant.shape[2] if quant is not None else 0
+        batch, heads, _, dim = s.buf.shape
+        index = torch.zeros(batch, self.total_len, dtype=torch.long)
+        valid = torch.zeros(batch, self.total_len, dtype=torch.bool)
+        for b in range(batch):
+            length, n_q = s.length(b), s.quantized_tokens(b)
+            if length != self.total_len - self.pad[b]:
+                raise RuntimeError(f"internal cache inconsistency: sequence {b} holds {length} tokens")
+            i = torch.arange(length)
+            index[b, self.pad[b] :] = torch.where(i < n_q, i, q_width + i - n_q)
+            valid[b, self.pad[b] :] = True
+        index, valid = index.to(src.device), valid.to(src.device)
+        out = torch.gather(src, 2, index[:, None, :, None].expand(batch, heads, self.total_len, dim))
+        return torch.where(valid[:, None, :, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+    def attention_inputs(
+        self, key: torch.Tensor, value: torch.Tensor, pad: list[int] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """K/V for this step's attention, in the attention basis, on the padded timeline.
+
+        ``key``/``value`` are what :meth:`update` returned. At the prompt they are attended in full
+        precision (unless ``quantized_prefill``), after the prompt has been quantized.
+        """
+        if self._pending is not None:
+            self.commit_prompt(pad if pad is not None else [0] * key.shape[0])
+            if not self.spec.quantized_prefill:
+                return key, value
+        return self._timeline(self.k), self._timeline(self.v)
+
+    # -- transformers cache operations -----------------------------------------------------
+    def reset(self) -> None:
+        self.__init__(self.spec, self.fake_quant)
+
+    def crop(self, max_length: int) -> None:
+        """Remove tokens from the end (negative: how many; non-negative: the length to keep)."""
+        if self._pending is not None:
+            raise RuntimeError("crop() before the prompt was attended is not supported")
+        remove = -max_length if max_length < 0 else self.total_len - max_length
+        if remove <= 0 or self.total_len == 0:
+            return
+        for s in (self.k, self.v):
+            if any(n < remove for n in s.buf_len):
+                raise ValueError(
+                    f"cannot crop {remove} tokens: only {min(s.buf_len)} are in the full-precision window and "
+                    "quantized tokens cannot be un-quantized; crop at most the window"
+                )
+        for s in (self.k, self.v):
+            s.buf_len = [n - remove for n in s.buf_len]
+            s.buf = s.buf[:, :, : max(s.buf_len)].contiguous()
+        self.total_len -= remove
+
+    def _select_batch(self, index: torch.Tensor) -> None:
+        idx = index.tolist()
+        if self._pending is not None:
+            self._pending = tuple(t.index_select(0, index.to(t.device)) for t in self._pending)
+        self.pad = [self.pad[i] for i in idx] if self.pad else self.pad
+        for s in (self.k, self.v):
+            if s.buf is not None:
+                s.buf = s.buf.index_select(0, index.to(s.buf.device))
+            s.units = {n: t.index_select(0, index.to(t.device)) for n, t in s.units.items()}
+            s.n_units = [s.n_units[i] for i in idx] if s.n_units else s.n_units
+            s.buf_len = [s.buf_len[i] for i in idx] if s.buf_len else s.buf_len
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        if self.total_len:
+            self._select_batch(beam_idx)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.total_len:
+            self._select_batch(torch.as_tensor(indices).flatten())
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.total_len:
+            self._select_batch(torch.arange(self.batch_size_now()).repeat_interleave(repeats))
+
+    def batch_size_now(self) -> int:
+        if self._pending is not None:
+            return self._pending[0].shape[0]
+        return len(self.pad)
+
+    # -- accounting ------------------------------------------------------------------------
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes held, per component (allocated capacity, not only the used part)."""
+        out: dict[str, int] = {}
+        for tag, s in (("k", self.k), ("v", self.v)):
+            for name, t in s.units.items():
+                out[f"{tag}_{name}"] = t.numel() * t.element_size()
+            out[f"{tag}_window"] = 0 if s.buf is None else s.buf.numel() * s.buf.element_size()
+        if self._pending is not None:
+            out["pending_prompt"] = sum(t.numel() * t.element_size() for t in self._pending)
+        return out
+
+
+class QuantizedKVCache(Cache):
+    """A transformers ``Cache`` of :class:`PackedKVLayer` for one method spec."""
+
+    def __init__(self, spec: MethodSpec, num_layers: int, attention_modules: dict[int, torch.nn.Module],
+                 fake_quant: bool = False, head_shape: tuple[int, int] | None = None):
+        super().__init__(layers=[PackedKVLayer(spec, fake_quant) for _ in range(num_layers)])
+        self.spec = spec
+        self.fake_quant = fake_quant
+        self._attention_modules = attention_modules
+        self._head_shape = head_shape
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        keys, values = super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        module = self._attention_modules.get(layer_idx)
+        if module is not None:
+            # The registered attention function picks this up for the call that follows.
+            module._oscar_kv_layer = self.layers[layer_idx]
+        return keys, values
+
+    def memory_report(self) -> dict[str, object]:
+        """Bytes actually held, per component, and the equivalent BF16 cache's bytes."""
+        components: dict[str, int] = {}
+        tokens = 0
+        bf16 = 0
+        for layer in self.layers:
+            for name, n in layer.memory_bytes().items():
+                components[name] = components.get(name, 0) + n
+            if layer.pad and self._head_shape is not None:
+                heads, dim = self._head_shape
+                real = sum(layer.total_len - p for p in layer.pad)
+                tokens = max(tokens, layer.total_len)
+                bf16 += 2 * real * heads * dim * 2
+        held = sum(components.values())
+        return {
+            "method": self.spec.name,
+            "bytes": held,
+            "components": components,
+            "bf16_equivalent_bytes": bf16,
+            "compression": (bf16 / held) if held else None,
+            "seq_len": tokens,
+        }
+
+
+class FullPrecisionCache(DynamicCache):
+    """transformers' own dynamic cache (the ``fp16`` method), plus :meth:`memory_report`."""
+
+    spec = get_method("fp16")
+
+    def memory_report(self) -> dict[str, object]:
+        held = 0
+        for layer in self.layers:
+            if getattr(layer, "is_initialized", False) and layer.keys is not None:
+                held += layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
+        return {"method": "fp16", "bytes": held, "components": {"kv": held}, "bf16_equivalent_bytes": held,
+                "compression": 1.0 if held else None, "seq_len": self.get_seq_length()}
+
+
+def make_cache(model: torch.nn.Module, method: str | MethodSpec = "oscar", fake_quant: bool = False, **overrides):
+    """Prepare ``model`` for ``method`` (once; idempotent) and return a fresh transformers Cache.
+
+    ``fake_quant=True`` stores dequantized tensors instead of packed codes (same numerics; for
+    research and checks). Overrides are method parameters, e.g. ``residual_length=64``.
+    """
+    from oscar_core.model import prepare_model
+
+    spec = get_method(method, **overrides)
+    info = prepare_model(model, spec)
+    if not spec.quantizes:
+        return FullPrecisionCache(config=info.text_config)
+    return QuantizedKVCache(spec, info.num_layers, info.attention_modules, fake_quant,
+                            (info.num_kv_heads, info.head_dim))
+
+
+__all__ = ["FullPrecisionCache", "PackedKVLayer", "QuantizedKVCache", "make_cache"]
+
+
+def prepare_model(model: torch.nn.Module, method: str | MethodSpec = "oscar", **overrides):
+    """See :func:`oscar_core.model.prepare_model`."""
+    from oscar_core.model import prepare_model as _prepare
+
+    return _prepare(model, get_method(method, **overrides))

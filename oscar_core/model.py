@@ -1,0 +1,111 @@
+"""One-time model preparation for a method: find the text decoder, fuse V/O rotations, select attention.
+
+Supported: decoder-only and multimodal transformers models whose text decoder layers have
+``self_attn`` modules with ``q_proj``/``k_proj``/``v_proj``/``o_proj`` and a ``layer_idx`` (Llama-3.x,
+Qwen3, Qwen3-VL, LLaVA-NeXT, the Qwen3-Omni thinker, ...). Anything else is a clear error here, never
+a silent wrong answer later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from oscar_core.attention import ATTN_NAME, register
+from oscar_core.hadamard import hadamard_matrix
+from oscar_core.methods import MethodConfigError, MethodSpec
+
+
+@dataclass
+class ModelInfo:
+    text_config: object
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    attention_modules: dict[int, torch.nn.Module]
+
+
+def _text_model(model: torch.nn.Module) -> torch.nn.Module:
+    # Qwen3-Omni: the cache belongs to the thinker's text decoder.
+    if hasattr(model, "thinker"):
+        model = model.thinker
+    if hasattr(model, "get_decoder"):
+        try:
+            decoder = model.get_decoder()
+            if decoder is not None:
+                return decoder
+        except (AttributeError, NotImplementedError):
+            pass
+    return model
+
+
+def _attention_modules(decoder: torch.nn.Module) -> dict[int, torch.nn.Module]:
+    found: dict[int, torch.nn.Module] = {}
+    for module in decoder.modules():
+        if all(hasattr(module, a) for a in ("layer_idx", "q_proj", "k_proj", "v_proj", "o_proj")):
+            found[module.layer_idx] = module
+    return found
+
+
+def inspect_model(model: torch.nn.Module) -> ModelInfo:
+    decoder = _text_model(model)
+    config = getattr(decoder, "config", None)
+    modules = _attention_modules(decoder)
+    if config is None or not modules:
+        raise MethodConfigError(
+            f"unsupported model {type(model).__name__}: no decoder attention layers with q/k/v/o projections found"
+        )
+    num_kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    layer_types = getattr(config, "layer_types", None) or []
+    sliding = [i for i, t in enumerate(layer_types) if t != "full_attention"]
+    if sliding and getattr(config, "use_sliding_window", True) and getattr(config, "sliding_window", None):
+        raise MethodConfigError(
+            f"{type(model).__name__}: layers {sliding[:8]} use sliding-window attention, which the packed KV "
+            "cache does not support"
+        )
+    return ModelInfo(config, config.num_hidden_layers, num_kv_heads, head_dim, modules)
+
+
+@torch.no_grad()
+def _rotate_vo(module: torch.nn.Module, head_dim: int) -> None:
+    """Toggle the per-head Hadamard in v_proj rows (and bias) and o_proj columns (self-inverse)."""
+    v, o = module.v_proj, module.o_proj
+    h = hadamard_matrix(head_dim, device=v.weight.device)
+    w = v.weight.float()
+    rows = w.shape[0]
+    v.weight.copy_((h @ w.reshape(rows // head_dim, head_dim, -1)).reshape(rows, -1).to(v.weight.dtype))
+    if v.bias is not None:
+        b = v.bias.float().reshape(-1, head_dim) @ h.T
+        v.bias.copy_(b.reshape(-1).to(v.bias.dtype))
+    wo = o.weight.float()
+    cols = wo.shape[1]
+    wo = (wo.reshape(wo.shape[0], cols // head_dim, head_dim) @ h).reshape(wo.shape[0], cols)
+    o.weight.copy_(wo.to(o.weight.dtype))
+
+
+def prepare_model(model: torch.nn.Module, spec: MethodSpec) -> ModelInfo:
+    """Make ``model`` ready for ``spec``; idempotent, and reversible by preparing for another method.
+
+    * V/O rotation: fused when the method rotates values, un-fused (the Hadamard is its own inverse)
+      when a later method does not. Each toggle rounds the weights once to their dtype.
+    * Attention: packed-KV methods use :data:`oscar_core.attention.ATTN_NAME` (SDPA semantics);
+      ``fp16`` restores the model's original implementation.
+    """
+    info = inspect_model(model)
+    spec.check_model(info.num_kv_heads, info.head_dim)
+    want_rotated = bool(spec.rotates_values)
+    for module in info.attention_modules.values():
+        if getattr(module, "_oscar_vo_rotated", False) != want_rotated:
+            _rotate_vo(module, info.head_dim)
+            module._oscar_vo_rotated = want_rotated
+    config = info.text_config
+    if not hasattr(config, "_oscar_original_attn"):
+        config._oscar_original_attn = config._attn_implementation
+    if spec.quantizes:
+        register()
+        config._attn_implementation = ATTN_NAME
+    else:
+        config._attn_implementation = config._oscar_original_attn
+    return info

@@ -1,0 +1,227 @@
+"""The one quantization primitive: group-wise asymmetric min-max round-to-nearest, and bit packing.
+
+Every method in :mod:`oscar_core.methods` quantizes through :func:`quantize` / :func:`dequantize`;
+none re-implements them. Numerics (METHODS.md, "The one quantizer"):
+
+``mx = c*max(x)``, ``mn = c*min(x)``, ``s = (mx - mn) / (2^b - 1)`` over each group, with either
+
+* ``"integer"`` zero point (OScaR, QuaRot, RotateKV): ``z = round(-mn/s)``,
+  ``q = clamp(round(x/s) + z, 0, 2^b-1)``, ``x_hat = s*(q - z)``;
+* ``"float"`` minimum (KIVI, OTT): ``q = clamp(round((x - mn)/s), 0, 2^b-1)``, ``x_hat = q*s + mn``.
+
+Scale and zero (or minimum) are stored as fp16. Codes are computed from the *stored* fp16 values, so
+that encoding and decoding agree bit for bit (and the CUDA pack kernel can reproduce them exactly).
+Rounding is round-half-to-even (``torch.round``; ``rintf`` in CUDA).
+
+Degenerate groups. A constant group (range 0) must reconstruct its value exactly and nothing may
+become NaN/inf:
+
+* float minimum: ``s = 0`` stores the constant as ``mn``; codes are 0.
+* integer zero point: ``s = 0`` cannot represent ``c != 0`` as ``s*(q - z)``. We therefore floor the
+  scale at ``max|x| * 2^-10``: a constant ``c`` then gets ``s = |c|/1024``, ``z = -sign(c)*1024``,
+  ``q = 0`` and ``x_hat = c`` exactly (a power-of-two division is exact in fp16). For ordinary groups
+  the floor never binds (it needs a range below 0.3% of the magnitude); for near-constant groups it
+  keeps ``|z| <= 1024`` so the zero point is an exact fp16 integer. An all-zero group uses ``s = 1``.
+
+Metadata is saturated to the finite fp16 range: groups whose values exceed fp16's +-65504 are outside
+what fp16 metadata can describe and reconstruct saturated, never as inf/NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+ZeroPoint = Literal["integer", "float"]
+SUPPORTED_BITS = (1, 2, 3, 4, 8)
+_FP16_MAX = 65504.0
+# Integer zero point: scale floor relative to the group's largest magnitude (see module docstring).
+_INT_ZERO_SCALE_FLOOR = 2.0**-10
+
+
+@dataclass(frozen=True)
+class GroupQuant:
+    """Codes and per-group parameters of one tensor quantized along its last axis in groups.
+
+    ``codes``: uint8, shape ``[..., n_groups, group_size]`` (unpacked, one code per element).
+    ``scale``, ``zero``: fp16, shape ``[..., n_groups]``. ``zero`` is the integer zero point ``z``
+    (``"integer"``) or the group minimum ``mn`` (``"float"``).
+    """
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor
+    bits: int
+    zero_point: ZeroPoint
+
+
+def _check_bits(bits: int) -> None:
+    if bits not in SUPPORTED_BITS:
+        raise ValueError(f"bits={bits} is not supported; choose one of {SUPPORTED_BITS}")
+
+
+def quantize_groups(
+    x: torch.Tensor, bits: int, zero_point: ZeroPoint = "integer", clip_ratio: float = 1.0
+) -> GroupQuant:
+    """Quantize ``x`` of shape ``[..., n_groups, group_size]``: each row of the last axis is a group."""
+    _check_bits(bits)
+    if zero_point not in ("integer", "float"):
+        raise ValueError(f"zero_point must be 'integer' or 'float', got {zero_point!r}")
+    if not 0.0 < clip_ratio <= 1.0:
+        raise ValueError(f"clip_ratio must be in (0, 1], got {clip_ratio}")
+    qmax = 2**bits - 1
+    xf = x.float()
+    mx = xf.amax(dim=-1) * clip_ratio
+    mn = xf.amin(dim=-1) * clip_ratio
+    scale = (mx - mn) / qmax
+    if zero_point == "integer":
+        magnitude = torch.maximum(mx.abs(), mn.abs())
+        scale = torch.maximum(scale, magnitude * _INT_ZERO_SCALE_FLOOR)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all-zero group
+        s16 = scale.clamp(max=_FP16_MAX).half()
+        s = s16.float()
+        s = torch.where(s > 0, s, torch.ones_like(s))  # fp16 underflow of a tiny scale
+        s16 = s.half()
+        z = torch.round(-mn / s).clamp(-_FP16_MAX, _FP16_MAX)
+        z16 = z.half()
+        q = torch.round(xf / s.unsqueeze(-1)) + z16.float().unsqueeze(-1)
+        zero16 = z16
+    else:
+        s16 = scale.clamp(max=_FP16_MAX).half()
+        mn16 = mn.clamp(-_FP16_MAX, _FP16_MAX).half()
+        s = s16.float()
+        safe = torch.where(s > 0, s, torch.ones_like(s))
+        q = torch.round((xf - mn16.float().unsqueeze(-1)) / safe.unsqueeze(-1))
+        q = torch.where((s > 0).unsqueeze(-1), q, torch.zeros_like(q))
+        zero16 = mn16
+    codes = q.clamp(0, qmax).to(torch.uint8)
+    return GroupQuant(codes=codes, scale=s16, zero=zero16, bits=bits, zero_point=zero_point)
+
+
+def dequantize_groups(gq: GroupQuant, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Reconstruct ``[..., n_groups, group_size]`` from :class:`GroupQuant` (computed in fp32)."""
+    q = gq.codes.float()
+    s = gq.scale.float().unsqueeze(-1)
+    zero = gq.zero.float().unsqueeze(-1)
+    x_hat = s * (q - zero) if gq.zero_point == "integer" else q * s + zero
+    return x_hat.to(dtype)
+
+
+def to_groups(x: torch.Tensor, group_size: int, axis: Literal["token", "channel"]) -> torch.Tensor:
+    """View ``[..., tokens, channels]`` as ``[..., groups, group_size]`` rows for quantization.
+
+    ``axis="channel"``: per-token groups of ``group_size`` consecutive channels (values);
+    result ``[..., tokens, channels/G, G]``.
+    ``axis="token"``: per-channel groups of ``group_size`` consecutive tokens (keys);
+    result ``[..., tokens/G, channels, G]``.
+    """
+    *lead, tokens, channels = x.shape
+    if axis == "channel":
+        if channels % group_size:
+            raise ValueError(f"head_dim {channels} is not a multiple of group_size {group_size}")
+        return x.reshape(*lead, tokens, channels // group_size, group_size)
+    if axis == "token":
+        if tokens % group_size:
+            raise ValueError(
+                f"{tokens} tokens is not a multiple of group_size {group_size}: per-channel key groups "
+                "must be flushed whole"
+            )
+        return x.reshape(*lead, tokens // group_size, group_size, channels).transpose(-1, -2)
+    raise ValueError(f"axis must be 'token' or 'channel', got {axis!r}")
+
+
+def from_groups(g: torch.Tensor, axis: Literal["token", "channel"]) -> torch.Tensor:
+    """Inverse of :func:`to_groups`."""
+    if axis == "channel":
+        *lead, tokens, n_groups, group_size = g.shape
+        return g.reshape(*lead, tokens, n_groups * group_size)
+    *lead, n_groups, channels, group_size = g.shape
+    return g.transpose(-1, -2).reshape(*lead, n_groups * group_size, channels)
+
+
+def quantize(
+    x: torch.Tensor,
+    bits: int,
+    group_size: int,
+    axis: Literal["token", "channel"],
+    zero_point: ZeroPoint = "integer",
+    clip_ratio: float = 1.0,
+) -> GroupQuant:
+    """Quantize ``[..., tokens, channels]`` in groups along ``axis`` (see :func:`to_groups`)."""
+    return quantize_groups(to_groups(x, group_size, axis), bits, zero_point, clip_ratio)
+
+
+def dequantize(gq: GroupQuant, axis: Literal["token", "channel"], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Inverse of :func:`quantize` up to quantization error: ``[..., tokens, channels]``."""
+    return from_groups(dequantize_groups(gq, dtype), axis)
+
+
+def fake_quantize(
+    x: torch.Tensor,
+    bits: int,
+    group_size: int,
+    axis: Literal["token", "channel"],
+    zero_point: ZeroPoint = "integer",
+    clip_ratio: float = 1.0,
+) -> torch.Tensor:
+    """Quantize and dequantize in one call; returns ``x``'s dtype."""
+    return dequantize(quantize(x, bits, group_size, axis, zero_point, clip_ratio), axis, x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bit packing. Codes of ``bits`` bits are packed little-end first along the last axis:
+# byte j holds codes [j*k, j*k + k) with k = 8 // bits, code i at bit offset (i % k) * bits.
+# 3-bit codes do not divide a byte; they are stored one per byte (no packing).
+# ---------------------------------------------------------------------------------------------
+
+
+def codes_per_byte(bits: int) -> int:
+    _check_bits(bits)
+    return 8 // bits if 8 % bits == 0 else 1
+
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack uint8 codes (each ``< 2^bits``) along the last axis into bytes."""
+    per_byte = codes_per_byte(bits)
+    if per_byte == 1:
+        return codes.to(torch.uint8).contiguous()
+    n = codes.shape[-1]
+    if n % per_byte:
+        raise ValueError(f"last axis {n} is not a multiple of {per_byte} codes per byte ({bits}-bit)")
+    c = codes.to(torch.uint8).reshape(*codes.shape[:-1], n // per_byte, per_byte)
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=codes.device)
+    return (c << shifts).sum(dim=-1, dtype=torch.uint8)
+
+
+def unpack_codes(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """Inverse of :func:`pack_codes`."""
+    per_byte = codes_per_byte(bits)
+    if per_byte == 1:
+        return packed
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
+    mask = (1 << bits) - 1
+    c = (packed.unsqueeze(-1) >> shifts) & mask
+    return c.reshape(*packed.shape[:-1], packed.shape[-1] * per_byte)
+
+
+@dataclass(frozen=True)
+class PackedGroups:
+    """Storage form of :class:`GroupQuant`: codes packed along the group axis."""
+
+    packed: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor
+    bits: int
+    zero_point: ZeroPoint
+
+    @classmethod
+    def from_quant(cls, gq: GroupQuant) -> PackedGroups:
+        return cls(pack_codes(gq.codes, gq.bits), gq.scale, gq.zero, gq.bits, gq.zero_point)
+
+    def unpack(self) -> GroupQuant:
+        return GroupQuant(unpack_codes(self.packed, self.bits), self.scale, self.zero, self.bits, self.zero_point)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.packed, self.scale, self.zero))
