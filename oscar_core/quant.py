@@ -18,8 +18,9 @@ become NaN/inf:
 
 * float minimum: ``s = 0`` stores the constant as ``mn``; codes are 0.
 * integer zero point: ``s = 0`` cannot represent ``c != 0`` as ``s*(q - z)``. We therefore floor the
-  scale at ``max|x| * 2^-10``: a constant ``c`` then gets ``s = |c|/1024``, ``z = -sign(c)*1024``,
-  ``q = 0`` and ``x_hat = c`` exactly (a power-of-two division is exact in fp16). For ordinary groups
+  scale at ``max|x| * 2^-10``; a constant ``c`` gets ``s = |c| / 2^j`` (``j <= 10``, as large as keeps
+  ``s`` a normal fp16 number), ``z = -sign(c)*2^j``, ``q = 0`` and ``x_hat = c`` exactly (a
+  power-of-two division is exact in fp16). For ordinary groups
   the floor never binds (it needs a range below 0.3% of the magnitude); for near-constant groups it
   keeps ``|z| <= 1024`` so the zero point is an exact fp16 integer. An all-zero group uses ``s = 1``.
 
@@ -79,6 +80,11 @@ def quantize_groups(
     if zero_point == "integer":
         magnitude = torch.maximum(mx.abs(), mn.abs())
         scale = torch.maximum(scale, magnitude * _INT_ZERO_SCALE_FLOOR)
+        # A constant group gets a power-of-two fraction of its magnitude that stays a normal fp16
+        # number (exponent >= -14), so that c = s * 2^j holds exactly even for small |c|.
+        exponent = torch.frexp(magnitude).exponent
+        shift = (exponent + 13).clamp(0, 10).float()
+        scale = torch.where(mx == mn, torch.ldexp(magnitude, -shift), scale)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all-zero group
         s16 = scale.clamp(max=_FP16_MAX).half()
         s = s16.float()
@@ -106,6 +112,8 @@ def dequantize_groups(gq: GroupQuant, dtype: torch.dtype = torch.float32) -> tor
     s = gq.scale.float().unsqueeze(-1)
     zero = gq.zero.float().unsqueeze(-1)
     x_hat = s * (q - zero) if gq.zero_point == "integer" else q * s + zero
+    if dtype.is_floating_point:  # the top code can land just past the dtype's range: saturate
+        x_hat = x_hat.clamp(torch.finfo(dtype).min, torch.finfo(dtype).max)
     return x_hat.to(dtype)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from oscar_core.methods.base import MethodSpec
+from oscar_core.methods.base import MethodConfigError, MethodSpec
 
 
 @dataclass(frozen=True)
@@ -19,4 +19,4 @@ class FP16Spec(MethodSpec):
 
     def validate(self) -> None:
         if self.bits != 16:
-            raise ValueError("fp16: bits is fixed at 16")
+            raise MethodConfigError("fp16: bits is fixed at 16")
