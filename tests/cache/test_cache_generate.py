@@ -30,24 +30,29 @@ def test_fp16_is_token_identical_to_default_cache(arch):
     assert torch.equal(logits, ref_logits), name
 
 
+# Short generations that still cross several flushes: groups and window of 16 tokens.
+SMALL = {"group_size": 16, "residual_length": 16}
+
+
 @pytest.mark.parametrize("method", QUANT_METHODS)
 def test_packed_and_fake_quant_paths_give_identical_logits(arch, method):
     name, model, inputs = arch
-    x = inputs(45)  # 32 prompt tokens quantized at once, 13 in the window
-    packed = oc.make_cache(model, method, residual_length=R)
-    fake = oc.make_cache(model, method, residual_length=R, fake_quant=True)
-    seq_p, logits_p = generate(model, x, packed, 60)  # crosses flushes at 64, 96 tokens
-    seq_f, logits_f = generate(model, x, fake, 60)
+    x = inputs(21)  # 16 prompt tokens quantized at once, 5 in the window
+    small = SMALL if method != "quarot" else {"residual_length": 16}
+    packed = oc.make_cache(model, method, **small)
+    fake = oc.make_cache(model, method, fake_quant=True, **small)
+    seq_p, logits_p = generate(model, x, packed, 30)  # flushes at 32 and 48 tokens
+    seq_f, logits_f = generate(model, x, fake, 30)
     assert isinstance(packed, QuantizedKVCache)
     assert torch.equal(logits_p, logits_f), f"{name}/{method}"
     assert torch.equal(seq_p, seq_f)
     layer = packed.layers[0]
-    assert layer.k.n_units == [(45 + 60 - 1) // R * R // layer.k.unit]  # the last token is not cached
+    assert layer.k.n_units == [(21 + 30 - 1) // 16]  # the last generated token is never cached
     # Packed storage really holds uint8 codes and fp16 metadata; fake-quant holds dense tensors.
     assert layer.k.units["codes"].dtype == torch.uint8 and layer.k.units["scale"].dtype == torch.float16
     assert set(fake.layers[0].k.units) == {"dense"}
-    # The quantizer changes the numbers: this is not secretly the fp16 path.
-    _, ref_logits = generate(model, x, oc.make_cache(model, "fp16"), 60)
+    # The quantizer changes the numbers: this is not secretly the full-precision path.
+    _, ref_logits = generate(model, x, oc.make_cache(model, "fp16"), 30)
     assert not torch.equal(ref_logits, logits_p)
 
 
@@ -197,17 +202,17 @@ def test_right_padding_is_a_clear_error():
 
 def test_sampling_and_beam_search_run_on_the_packed_cache():
     model, inputs = llama()
-    x = inputs(40, batch=2)
+    x = inputs(20, batch=2)
     torch.manual_seed(7)
-    a = model.generate(**x, past_key_values=oc.make_cache(model, "oscar", residual_length=R), do_sample=True,
-                       max_new_tokens=40, pad_token_id=0)
+    a = model.generate(**x, past_key_values=oc.make_cache(model, "oscar", **SMALL), do_sample=True,
+                       max_new_tokens=20, pad_token_id=0)
     torch.manual_seed(7)
-    b = model.generate(**x, past_key_values=oc.make_cache(model, "oscar", residual_length=R, fake_quant=True),
-                       do_sample=True, max_new_tokens=40, pad_token_id=0)
+    b = model.generate(**x, past_key_values=oc.make_cache(model, "oscar", fake_quant=True, **SMALL),
+                       do_sample=True, max_new_tokens=20, pad_token_id=0)
     assert torch.equal(a, b)
-    beams = model.generate(**x, past_key_values=oc.make_cache(model, "kivi", residual_length=R), num_beams=3,
-                           do_sample=False, max_new_tokens=40, pad_token_id=0)
-    assert beams.shape == (2, 80)
+    beams = model.generate(**x, past_key_values=oc.make_cache(model, "kivi", **SMALL), num_beams=3,
+                           do_sample=False, max_new_tokens=20, pad_token_id=0)
+    assert beams.shape == (2, 40)
 
 
 def test_crop_within_the_window_and_refusal_beyond_it():
