@@ -1,0 +1,172 @@
+"""A read-only reader of the results store (format: docs/results.md).
+
+Deliberately independent of the runner's writer: the JSON formats in docs/results.md are the
+contract. A malformed file never stops a report; it is skipped and listed in ``Store.problems``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Failed items kept per (run, subset) for the report; predictions are never kept.
+FAILED_SAMPLE_PER_SUBSET = 3
+
+
+def num(value: Any) -> float | None:
+    """A finite number, or None: a JSON ``true`` or a string is not a score."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def text(value: Any, default: str = "") -> str:
+    return default if value is None else str(value)
+
+
+@dataclass
+class FailedItem:
+    item_id: str
+    subset: str
+    error: str
+
+
+@dataclass
+class Run:
+    """One accuracy run: ``runs/<run_id>/``."""
+
+    run_id: str
+    manifest: dict[str, Any]
+    summary: dict[str, Any] | None
+    failed: list[FailedItem] = field(default_factory=list)
+    n_records: int = 0
+
+    @property
+    def benchmark(self) -> str:
+        return text((self.summary or {}).get("benchmark") or self.manifest.get("benchmark"), "unknown")
+
+    @property
+    def model_label(self) -> str:
+        model = self.manifest.get("model")
+        fallback = model.get("label") if isinstance(model, dict) else None
+        return text((self.summary or {}).get("model_label") or fallback, "unknown")
+
+    @property
+    def method(self) -> str:
+        method = self.manifest.get("method")
+        fallback = method.get("name") if isinstance(method, dict) else None
+        return text((self.summary or {}).get("method") or fallback, "unknown").lower()
+
+    @property
+    def protocol(self) -> str:
+        settings = self.manifest.get("settings")
+        fallback = settings.get("protocol") if isinstance(settings, dict) else None
+        return text((self.summary or {}).get("protocol") or fallback, "paper")
+
+    @property
+    def bits(self) -> float | None:
+        method = self.manifest.get("method")
+        fallback = method.get("bits_per_element") if isinstance(method, dict) else None
+        value = num((self.summary or {}).get("bits_per_element"))
+        return value if value is not None else num(fallback)
+
+    @property
+    def created(self) -> str:
+        return text(self.manifest.get("created"))
+
+
+@dataclass
+class SpeedFile:
+    """One ``speed/<name>.json``."""
+
+    name: str
+    env: dict[str, Any]
+    peak_bandwidth_gbps: float | None
+    rows: list[dict[str, Any]]
+
+
+@dataclass
+class Store:
+    root: Path
+    runs: list[Run] = field(default_factory=list)
+    speed: list[SpeedFile] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problems.append(f"{path}: unreadable JSON ({exc.__class__.__name__}: {exc}); skipped")
+        return None
+    if not isinstance(data, dict):
+        problems.append(f"{path}: expected a JSON object; skipped")
+        return None
+    return data
+
+
+def _read_records(path: Path, run: Run, problems: list[str]) -> None:
+    """Count records and keep a small sample of failed items per subset."""
+    per_subset: dict[str, int] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{path}: unreadable ({exc}); failed items not listed")
+        return
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            # A half-written last line is a killed run (docs/results.md); anything else is damage.
+            if lineno != len(lines):
+                problems.append(f"{path}:{lineno}: malformed record; skipped")
+            continue
+        if not isinstance(rec, dict):
+            continue
+        run.n_records += 1
+        if rec.get("status") != "failed":
+            continue
+        subset = text(rec.get("subset"), "?")
+        if per_subset.get(subset, 0) >= FAILED_SAMPLE_PER_SUBSET:
+            continue
+        per_subset[subset] = per_subset.get(subset, 0) + 1
+        run.failed.append(FailedItem(text(rec.get("item_id"), "?"), subset, text(rec.get("error"), "(no message)")))
+
+
+def load_store(root: str | Path) -> Store:
+    """Read every run and speed file under ``root``; never raises on a bad file."""
+    store = Store(Path(root))
+    runs_dir = store.root / "runs"
+    for run_dir in sorted(p for p in runs_dir.glob("*") if p.is_dir()):
+        manifest_path, summary_path = run_dir / "manifest.json", run_dir / "summary.json"
+        if not manifest_path.exists():
+            store.problems.append(f"{run_dir}: no manifest.json; run skipped")
+            continue
+        manifest = _read_json(manifest_path, store.problems)
+        if manifest is None:
+            continue
+        summary = _read_json(summary_path, store.problems) if summary_path.exists() else None
+        if summary is None and not summary_path.exists():
+            store.problems.append(f"{run_dir}: no summary.json yet (run incomplete?); its numbers are not shown")
+        run = Run(text(manifest.get("run_id"), run_dir.name), manifest, summary)
+        if (run_dir / "records.jsonl").exists():
+            _read_records(run_dir / "records.jsonl", run, store.problems)
+        store.runs.append(run)
+    for path in sorted((store.root / "speed").glob("*.json")):
+        data = _read_json(path, store.problems)
+        if data is None:
+            continue
+        rows = data.get("rows")
+        if not isinstance(rows, list):
+            store.problems.append(f"{path}: no 'rows' list; skipped")
+            continue
+        env = data.get("env") if isinstance(data.get("env"), dict) else {}
+        good = [r for r in rows if isinstance(r, dict)]
+        store.speed.append(SpeedFile(path.stem, env, num(data.get("peak_bandwidth_gbps")), good))
+    return store
