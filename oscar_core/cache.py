@@ -18,16 +18,26 @@ first time the layer attends (see :mod:`oscar_core.attention`).
 Storage per layer and stream (keys, values): encoded units ``[batch, capacity, ...]`` (packed codes,
 fp16 scales/zeros, token norms; or, with ``fake_quant=True``, the dequantized tensors in the model's
 dtype) plus the full-precision window ``[batch, heads, <=R, head_dim]``.
+
+Method hooks (generic, see :mod:`oscar_core.methods.base`): each layer holds a
+:class:`~oscar_core.methods.base.LayerState` (shared part from ``spec.init_layer_states``, per-sequence
+part reordered with the batch); the method sees the prompt once at commit (``spec.observe_prompt``,
+with the decoder layer's input hidden states when ``spec.observes_layer_input``); units are encoded
+and decoded with a :class:`~oscar_core.methods.base.BlockContext` (sequence rows and token positions);
+tokens an encoder flags with ``KEEP_FULL`` are kept per sequence as full-precision *overrides* that
+replace the dequantized token at their timeline position.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache
 
 from oscar_core.methods import Block, MethodSpec, get_method
+from oscar_core.methods.base import KEEP_FULL, BlockContext, LayerState
 
 
 @dataclass
@@ -42,6 +52,10 @@ class _Stream:
     buf: torch.Tensor | None = None  # [B, H, width, D], width = max(buf_len)
     buf_len: list[int] = field(default_factory=list)
     tokens_quantized: int = 0  # total over the batch, for tests of the "exactly once" rule
+    # Full-precision overrides: (sequence, position within the sequence) and the token [P, H, D].
+    ov_rows: list[int] = field(default_factory=list)
+    ov_pos: list[int] = field(default_factory=list)
+    ov_vals: torch.Tensor | None = None
 
     def quantized_tokens(self, b: int) -> int:
         return self.n_units[b] * self.unit
@@ -58,10 +72,15 @@ class PackedKVLayer(CacheLayerMixin):
     is_croppable = True
     supports_early_init = False
 
-    def __init__(self, spec: MethodSpec, fake_quant: bool = False):
+    def __init__(self, spec: MethodSpec, fake_quant: bool = False, state: LayerState | None = None):
         super().__init__()
         self.spec = spec
         self.fake_quant = fake_quant
+        #: the method's per-layer state (``shared`` kept across :meth:`reset`, ``per_seq`` per prompt)
+        self.state = state if state is not None else LayerState()
+        self.state.per_seq = []
+        #: the decoder layer's input hidden states of the pending prompt (``spec.observes_layer_input``)
+        self.layer_input: torch.Tensor | None = None
         r = spec.residual_length
         key_unit = spec.block_tokens
         value_unit = 1 if (spec.value_flush == "token" or r == 0) else r
@@ -121,6 +140,9 @@ class PackedKVLayer(CacheLayerMixin):
         k, v = self._pending
         self._pending = None
         self.pad = list(pad)
+        self.state.per_seq = [{} for _ in range(k.shape[0])]
+        layer_input, self.layer_input = self.layer_input, None
+        self.spec.observe_prompt(self.state, k, v, self.pad, layer_input)
         for stream, x in ((self.k, k), (self.v, v)):
             self._init_stream(stream, x)
 
@@ -187,21 +209,36 @@ class PackedKVLayer(CacheLayerMixin):
         s.buf = s.buf[:, :, : max(s.buf_len)].contiguous()
 
     # -- storage ---------------------------------------------------------------------------
-    def _encode(self, s: _Stream, x: torch.Tensor) -> Block:
-        block = self.spec.encode_keys(x) if s.is_key else self.spec.encode_values(x)
+    def _encode(self, s: _Stream, x: torch.Tensor, ctx: BlockContext) -> Block:
+        block = self.spec.encode_keys_at(x, ctx) if s.is_key else self.spec.encode_values_at(x, ctx)
+        keep = block.pop(KEEP_FULL, None)
+        if keep is not None and bool(keep.any()):
+            self._add_overrides(s, x, keep, ctx)
         if self.fake_quant:  # research/test mode: same numerics, stored dequantized
-            return {"dense": self._decode_block(s, block)}
+            return {"dense": self._decode_block(s, block, ctx)}
         return block
 
-    def _decode_block(self, s: _Stream, block: Block) -> torch.Tensor:
+    def _decode_block(self, s: _Stream, block: Block, ctx: BlockContext) -> torch.Tensor:
         if "dense" in block:
             return block["dense"]
-        return self.spec.decode_keys(block, self.dtype) if s.is_key else self.spec.decode_values(block, self.dtype)
+        if s.is_key:
+            return self.spec.decode_keys_at(block, self.dtype, ctx)
+        return self.spec.decode_values_at(block, self.dtype, ctx)
+
+    def _add_overrides(self, s: _Stream, x: torch.Tensor, keep: torch.Tensor, ctx: BlockContext) -> None:
+        """Keep the flagged tokens of units ``x`` ``[N, H, T, D]`` in full precision (see ``KEEP_FULL``)."""
+        unit_idx, tok_idx = keep.nonzero(as_tuple=True)
+        vals = x[unit_idx.to(x.device), :, tok_idx.to(x.device)].to(x.dtype)  # [P, H, D]
+        s.ov_rows.extend(int(ctx.rows[i]) for i in unit_idx.tolist())
+        s.ov_pos.extend(int(ctx.starts[i]) + t for i, t in zip(unit_idx.tolist(), tok_idx.tolist(), strict=True))
+        s.ov_vals = vals if s.ov_vals is None else torch.cat([s.ov_vals, vals], dim=0)
 
     def _store_units(
         self, s: _Stream, x: torch.Tensor, owners: list[tuple[int, int]], capacity: int, batch: int
     ) -> None:
-        block = self._encode(s, x)
+        ctx = BlockContext(self.state, torch.tensor([b for b, _ in owners], dtype=torch.long),
+                           torch.tensor([j * s.unit for _, j in owners], dtype=torch.long))
+        block = self._encode(s, x, ctx)
         s.tokens_quantized += x.shape[0] * x.shape[2]
         for name, t in block.items():
             store = s.units.get(name)
@@ -221,7 +258,9 @@ class PackedKVLayer(CacheLayerMixin):
             return None
         batch, capacity = next(iter(s.units.values())).shape[:2]
         flat = {name: t.reshape(batch * capacity, *t.shape[2:]) for name, t in s.units.items()}
-        x = self._decode_block(s, flat)  # [B*cap, H, unit, D]
+        ctx = BlockContext(self.state, torch.arange(batch).repeat_interleave(capacity),
+                           torch.arange(capacity).repeat(batch) * s.unit)
+        x = self._decode_block(s, flat, ctx)  # [B*cap, H, unit, D]
         heads, dim = x.shape[1], x.shape[3]
         return x.reshape(batch, capacity, heads, s.unit, dim).permute(0, 2, 1, 3, 4).reshape(
             batch, heads, capacity * s.unit, dim
@@ -245,7 +284,12 @@ class PackedKVLayer(CacheLayerMixin):
             valid[b, self.pad[b] :] = True
         index, valid = index.to(src.device), valid.to(src.device)
         out = torch.gather(src, 2, index[:, None, :, None].expand(batch, heads, self.total_len, dim))
-        return torch.where(valid[:, None, :, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
+        out = torch.where(valid[:, None, :, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
+        if s.ov_vals is not None:  # full-precision overrides replace their dequantized tokens
+            rows = torch.tensor(s.ov_rows, device=out.device)
+            cols = torch.tensor([self.pad[b] + p for b, p in zip(s.ov_rows, s.ov_pos, strict=True)], device=out.device)
+            out[rows, :, cols] = s.ov_vals.to(device=out.device, dtype=out.dtype)
+        return out
 
     def attention_inputs(
         self, key: torch.Tensor, value: torch.Tensor, pad: list[int] | None
@@ -263,7 +307,7 @@ class PackedKVLayer(CacheLayerMixin):
 
     # -- transformers cache operations -----------------------------------------------------
     def reset(self) -> None:
-        self.__init__(self.spec, self.fake_quant)
+        self.__init__(self.spec, self.fake_quant, LayerState(self.state.layer_idx, self.state.shared))
 
     def crop(self, max_length: int) -> None:
         """Remove tokens from the end (negative: how many; non-negative: the length to keep)."""
@@ -294,6 +338,14 @@ class PackedKVLayer(CacheLayerMixin):
             s.units = {n: t.index_select(0, index.to(t.device)) for n, t in s.units.items()}
             s.n_units = [s.n_units[i] for i in idx] if s.n_units else s.n_units
             s.buf_len = [s.buf_len[i] for i in idx] if s.buf_len else s.buf_len
+            if s.ov_vals is not None:
+                sel = [(new, j) for new, old in enumerate(idx) for j, r in enumerate(s.ov_rows) if r == old]
+                s.ov_pos = [s.ov_pos[j] for _, j in sel]
+                s.ov_rows = [new for new, _ in sel]
+                keep = torch.tensor([j for _, j in sel], dtype=torch.long, device=s.ov_vals.device)
+                s.ov_vals = s.ov_vals.index_select(0, keep) if sel else None
+        if self.state.per_seq:  # deep copies: repeated rows (beams) must not share mutable state
+            self.state.per_seq = [copy.deepcopy(self.state.per_seq[i]) for i in idx]
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         if self.total_len:
@@ -320,6 +372,8 @@ class PackedKVLayer(CacheLayerMixin):
             for name, t in s.units.items():
                 out[f"{tag}_{name}"] = t.numel() * t.element_size()
             out[f"{tag}_window"] = 0 if s.buf is None else s.buf.numel() * s.buf.element_size()
+            if s.ov_vals is not None:
+                out[f"{tag}_overrides"] = s.ov_vals.numel() * s.ov_vals.element_size()
         if self._pending is not None:
             out["pending_prompt"] = sum(t.numel() * t.element_size() for t in self._pending)
         return out
@@ -329,8 +383,10 @@ class QuantizedKVCache(Cache):
     """A transformers ``Cache`` of :class:`PackedKVLayer` for one method spec."""
 
     def __init__(self, spec: MethodSpec, num_layers: int, attention_modules: dict[int, torch.nn.Module],
-                 fake_quant: bool = False, head_shape: tuple[int, int] | None = None):
-        super().__init__(layers=[PackedKVLayer(spec, fake_quant) for _ in range(num_layers)])
+                 fake_quant: bool = False, head_shape: tuple[int, int] | None = None,
+                 layer_states: list[dict] | None = None):
+        shared = layer_states if layer_states is not None else [{} for _ in range(num_layers)]
+        super().__init__(layers=[PackedKVLayer(spec, fake_quant, LayerState(i, shared[i])) for i in range(num_layers)])
         self.spec = spec
         self.fake_quant = fake_quant
         self._attention_modules = attention_modules
@@ -340,6 +396,10 @@ class QuantizedKVCache(Cache):
         keys, values = super().update(key_states, value_states, layer_idx, *args, **kwargs)
         module = self._attention_modules.get(layer_idx)
         if module is not None:
+            # Captured by the pre-hook of oscar_core.model when spec.observes_layer_input.
+            hidden = module.__dict__.pop("_oscar_layer_input", None)
+            if hidden is not None and self.layers[layer_idx].has_pending_prompt:
+                self.layers[layer_idx].layer_input = hidden
             # The registered attention function picks this up for the call that follows.
             module._oscar_kv_layer = self.layers[layer_idx]
         return keys, values
@@ -395,7 +455,7 @@ def make_cache(model: torch.nn.Module, method: str | MethodSpec = "oscar", fake_
     if not spec.quantizes:
         return FullPrecisionCache(config=info.text_config)
     return QuantizedKVCache(spec, info.num_layers, info.attention_modules, fake_quant,
-                            (info.num_kv_heads, info.head_dim))
+                            (info.num_kv_heads, info.head_dim), spec.init_layer_states(model, info))
 
 
 __all__ = ["FullPrecisionCache", "PackedKVLayer", "QuantizedKVCache", "make_cache"]

@@ -85,11 +85,44 @@ def _rotate_vo(module: torch.nn.Module, head_dim: int) -> None:
     o.weight.copy_(wo.to(o.weight.dtype))
 
 
+def _capture_layer_input(layer: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    """Forward pre-hook of a decoder layer: hand its input hidden states to its attention module."""
+    attn = layer.self_attn
+    if getattr(attn, "_oscar_capture_input", False):
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        if hidden is not None:
+            attn._oscar_layer_input = hidden  # popped by QuantizedKVCache.update
+
+
+def _install_input_capture(decoder: torch.nn.Module, modules: dict[int, torch.nn.Module], on: bool) -> None:
+    """Enable/disable capturing each decoder layer's input (``spec.observes_layer_input``); the hook is
+    registered once per layer and is inert while disabled."""
+    attn_ids = {id(m) for m in modules.values()}
+    found = 0
+    for layer in decoder.modules():
+        attn = getattr(layer, "self_attn", None)
+        if attn is None or id(attn) not in attn_ids:
+            continue
+        found += 1
+        if on and not getattr(layer, "_oscar_input_hook", False):
+            layer.register_forward_pre_hook(_capture_layer_input, with_kwargs=True)
+            layer._oscar_input_hook = True
+        attn._oscar_capture_input = on
+        attn.__dict__.pop("_oscar_layer_input", None)
+    if on and found != len(modules):
+        raise MethodConfigError(
+            f"cannot find the decoder layer (a module with `self_attn`) of {len(modules) - found} attention "
+            "modules, whose input hidden states this method needs"
+        )
+
+
 def prepare_model(model: torch.nn.Module, spec: MethodSpec) -> ModelInfo:
     """Make ``model`` ready for ``spec``; idempotent, and reversible by preparing for another method.
 
     * V/O rotation: fused when the method rotates values, un-fused (the Hadamard is its own inverse)
       when a later method does not. Each toggle rounds the weights once to their dtype.
+    * Layer inputs: methods with ``observes_layer_input`` get each decoder layer's input hidden states
+      at prefill (a forward pre-hook; disabled again when preparing for another method).
     * Attention: packed-KV methods use :data:`oscar_core.attention.ATTN_NAME` (SDPA semantics);
       ``fp16`` restores the model's original implementation.
     """
@@ -100,6 +133,9 @@ def prepare_model(model: torch.nn.Module, spec: MethodSpec) -> ModelInfo:
         if getattr(module, "_oscar_vo_rotated", False) != want_rotated:
             _rotate_vo(module, info.head_dim)
             module._oscar_vo_rotated = want_rotated
+    if spec.observes_layer_input or any(getattr(m, "_oscar_capture_input", False)
+                                        for m in info.attention_modules.values()):
+        _install_input_capture(_text_model(model), info.attention_modules, bool(spec.observes_layer_input))
     config = info.text_config
     if not hasattr(config, "_oscar_original_attn"):
         config._oscar_original_attn = config._attn_implementation

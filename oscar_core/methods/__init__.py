@@ -8,7 +8,10 @@ from oscar_core.methods.base import Block, MethodConfigError, MethodSpec
 from oscar_core.methods.fp16 import FP16Spec
 from oscar_core.methods.kivi import KIVISpec
 from oscar_core.methods.oscar import OScaRSpec
+from oscar_core.methods.ott import OTTSpec
 from oscar_core.methods.quarot import QuaRotSpec
+from oscar_core.methods.rotatekv import RotateKVSpec
+from oscar_core.methods.turboquant import TurboQuantPlusSpec, TurboQuantSpec
 
 _REGISTRY: dict[str, type[MethodSpec]] = {}
 
@@ -19,7 +22,7 @@ def register_method(cls: type[MethodSpec]) -> type[MethodSpec]:
     return cls
 
 
-for _cls in (FP16Spec, QuaRotSpec, KIVISpec, OScaRSpec):
+for _cls in (FP16Spec, QuaRotSpec, RotateKVSpec, KIVISpec, OTTSpec, TurboQuantPlusSpec, OScaRSpec, TurboQuantSpec):
     register_method(_cls)
 
 

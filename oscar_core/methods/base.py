@@ -14,19 +14,83 @@ emulates that rotation for the reference round trip.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
 
 from oscar_core.hadamard import check_hadamard_size, hadamard_transform
-from oscar_core.quant import PackedGroups, ZeroPoint, dequantize, quantize
+from oscar_core.quant import PackedGroups, ZeroPoint, codes_per_byte, dequantize, quantize
 
 Block = dict[str, torch.Tensor]
+
+#: Reserved entry of a block returned by ``encode_*_at``: bool ``[N, T]``, True for tokens the cache must
+#: keep in full precision. The cache removes it from the block, stores those tokens (the encode input,
+#: i.e. the stream's own basis) as per-sequence *overrides* at their timeline positions, and uses them
+#: instead of the dequantized token whenever the timeline is rebuilt (OTT's pools, RotateKV's sinks).
+KEEP_FULL = "keep_full"
 
 
 class MethodConfigError(ValueError):
     """A method parameter (or a model it is applied to) that the method cannot accept."""
+
+
+@dataclass
+class LayerState:
+    """Mutable per-layer method state held by one cache layer (see :class:`BlockContext`).
+
+    ``layer_idx``: the decoder layer (``None`` for a standalone reference round trip, which methods
+    treat as an ordinary middle layer). ``shared``: created once per layer by
+    :meth:`MethodSpec.init_layer_states` (rotations, calibration, RoPE tables); never reordered.
+    ``per_seq``: one dict per sequence of the batch, created empty by the cache when the prompt is
+    committed and filled by :meth:`MethodSpec.observe_prompt` / the encoders (outlier channels, sink
+    positions, outlier pools); the cache reorders (and deep-copies) it with the batch (beam search).
+    """
+
+    layer_idx: int | None = None
+    shared: dict[str, Any] = field(default_factory=dict)
+    per_seq: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class BlockContext:
+    """Where a batch of ``N`` encoded units sits in the cache: passed to ``encode_*_at``/``decode_*_at``.
+
+    ``rows[i]``: the sequence (batch row) unit ``i`` belongs to; ``starts[i]``: the index *within its
+    sequence* of the unit's first token (sequences are stored left-aligned, so this is the token's
+    position counted from the sequence's first real token: what ``generate`` uses as position id).
+    Both are int64 on the CPU.
+    """
+
+    state: LayerState
+    rows: torch.Tensor
+    starts: torch.Tensor
+
+    def positions(self, tokens: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """Token positions within their sequences, ``[N, tokens]`` int64."""
+        pos = self.starts[:, None] + torch.arange(tokens)[None, :]
+        return pos.to(device) if device is not None else pos
+
+    def seq(self, i: int) -> dict[str, Any]:
+        """The per-sequence state dict of unit ``i``."""
+        return self.state.per_seq[int(self.rows[i])]
+
+
+class ContextBlock(dict):
+    """A block encoded *outside* a cache (reference round trips of context-using methods).
+
+    It carries what the cache would otherwise hold: the context to decode it with, the tokens kept in
+    full precision (``keep`` ``[N, T]`` and ``full``, the encode input) and how a standalone
+    ``[N, H, T, D]`` tensor was split into cache units (``units_per_row``).
+    """
+
+    def __init__(self, block: Block, ctx: BlockContext, keep: torch.Tensor | None, full: torch.Tensor,
+                 units_per_row: int):
+        super().__init__(block)
+        self.ctx = ctx
+        self.keep = keep
+        self.full = full
+        self.units_per_row = units_per_row
 
 
 @dataclass(frozen=True)
@@ -127,18 +191,119 @@ class MethodSpec:
         return hadamard_transform(v) if self.rotates_values else v
 
     def encode_keys(self, k: torch.Tensor) -> Block:
-        """Quantize a block of attention-basis keys ``[N, H, T, D]`` (T a multiple of the key group)."""
+        """Quantize a block of attention-basis keys ``[N, H, T, D]`` (T a multiple of the key group).
+
+        Methods that need a cache context (``uses_context``) implement :meth:`encode_keys_at` instead;
+        this context-free form then encodes each row as one fresh sequence (reference round trips).
+        """
+        if self.uses_context:
+            return self._encode_standalone(k, True)
         raise NotImplementedError
 
     def decode_keys(self, block: Block, dtype: torch.dtype) -> torch.Tensor:
         """Attention-basis keys ``[N, H, T, D]`` from an encoded block (token norms applied)."""
+        if isinstance(block, ContextBlock):
+            return self._decode_standalone(block, dtype, True)
         raise NotImplementedError
 
     def encode_values(self, v: torch.Tensor) -> Block:
+        if self.uses_context:
+            return self._encode_standalone(v, False)
         raise NotImplementedError
 
     def decode_values(self, block: Block, dtype: torch.dtype) -> torch.Tensor:
+        if isinstance(block, ContextBlock):
+            return self._decode_standalone(block, dtype, False)
         raise NotImplementedError
+
+    # -- cache-context hooks (generic; the cache knows no method names) ----------------------
+    #: True when the method implements the ``*_at`` encoders (it needs per-layer state, token
+    #: positions or full-precision overrides); its context-free ``encode_*`` then work standalone.
+    uses_context: ClassVar[bool] = False
+    #: True when :meth:`observe_prompt` needs the decoder layer's input hidden states at prefill;
+    #: :func:`oscar_core.model.prepare_model` then installs a forward pre-hook that captures them.
+    observes_layer_input: ClassVar[bool] = False
+
+    def init_layer_states(self, model: torch.nn.Module, info: Any) -> list[dict[str, Any]]:
+        """Per-layer shared state, created once by :func:`oscar_core.make_cache` (``info``: the
+        :class:`oscar_core.model.ModelInfo`). Raise :class:`MethodConfigError` for a model the method
+        cannot handle. Default: an empty dict per layer."""
+        return [{} for _ in range(info.num_layers)]
+
+    def observe_prompt(self, state: LayerState, keys: torch.Tensor | None, values: torch.Tensor | None,
+                       pad: list[int], layer_input: torch.Tensor | None) -> None:
+        """See the prompt once, when the cache commits it, before any of it is encoded.
+
+        ``keys`` (attention basis) / ``values``: ``[B, H, T, D]`` on the padded timeline, sequence ``b``'s
+        real tokens from ``pad[b]`` on (either may be ``None`` in a standalone round trip);
+        ``layer_input``: the decoder layer's input hidden states ``[B, T, hidden]`` when
+        ``observes_layer_input``, else ``None``. ``state.per_seq`` holds one empty dict per sequence.
+        """
+
+    def encode_keys_at(self, k: torch.Tensor, ctx: BlockContext) -> Block:
+        """Encode cache units ``[N, H, T, D]`` of keys at ``ctx`` (rows, positions, layer state).
+
+        The block may contain :data:`KEEP_FULL`. Default: the context-free :meth:`encode_keys`.
+        """
+        return self.encode_keys(k)
+
+    def decode_keys_at(self, block: Block, dtype: torch.dtype, ctx: BlockContext) -> torch.Tensor:
+        """Decode units encoded by :meth:`encode_keys_at` (``ctx`` describes the same units)."""
+        return self.decode_keys(block, dtype)
+
+    def encode_values_at(self, v: torch.Tensor, ctx: BlockContext) -> Block:
+        """Values counterpart of :meth:`encode_keys_at` (called after the keys of the same units)."""
+        return self.encode_values(v)
+
+    def decode_values_at(self, block: Block, dtype: torch.dtype, ctx: BlockContext) -> torch.Tensor:
+        return self.decode_values(block, dtype)
+
+    def standalone_context(self, keys: torch.Tensor | None, values: torch.Tensor | None) -> BlockContext:
+        """A fresh context for ``[N, H, T, D]`` tensors encoded outside a cache: each row is one sequence
+        whose prompt is the tensor itself, split into cache units of :attr:`block_tokens` when ``T`` is a
+        multiple of it (as the cache commits a prompt)."""
+        x = keys if keys is not None else values
+        n, t = x.shape[0], x.shape[2]
+        state = LayerState(None, {}, [{} for _ in range(n)])
+        self.observe_prompt(state, keys, values, [0] * n, None)
+        u = self._standalone_units(t)
+        rows = torch.arange(n).repeat_interleave(u)
+        starts = (torch.arange(u) * (t // u)).repeat(n)
+        return BlockContext(state, rows, starts)
+
+    def _standalone_units(self, tokens: int) -> int:
+        r = self.block_tokens
+        return tokens // r if (r > 1 and tokens > r and tokens % r == 0) else 1
+
+    def roundtrip_standalone(self, k: torch.Tensor, v: torch.Tensor, dtype: torch.dtype = torch.float32
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (attention basis) and values (cache basis) ``[N, H, T, D]`` of one prompt per row, encoded
+        together in one fresh context (as the cache commits a prompt: the values see what the keys'
+        encoder decided, e.g. OTT's pool) and decoded, full-precision tokens applied."""
+        ctx = self.standalone_context(k, v)
+        kb = self._encode_standalone(k, True, ctx)
+        vb = self._encode_standalone(v, False, ctx)
+        return self._decode_standalone(kb, dtype, True), self._decode_standalone(vb, dtype, False)
+
+    def _encode_standalone(self, x: torch.Tensor, is_key: bool, ctx: BlockContext | None = None) -> Block:
+        if ctx is None:
+            ctx = self.standalone_context(x if is_key else None, None if is_key else x)
+        n, h, t, d = x.shape
+        u = self._standalone_units(t)
+        units = x.reshape(n, h, u, t // u, d).transpose(1, 2).reshape(n * u, h, t // u, d)
+        block = self.encode_keys_at(units, ctx) if is_key else self.encode_values_at(units, ctx)
+        keep = block.pop(KEEP_FULL, None)
+        return ContextBlock(block, ctx, keep, units, u)
+
+    def _decode_standalone(self, block: ContextBlock, dtype: torch.dtype, is_key: bool) -> torch.Tensor:
+        plain = dict(block)
+        x = (self.decode_keys_at(plain, torch.float32, block.ctx) if is_key
+             else self.decode_values_at(plain, torch.float32, block.ctx))
+        if block.keep is not None:
+            x = torch.where(block.keep[:, None, :, None].to(x.device), block.full.float(), x)
+        nu, h, tu, d = x.shape
+        u = block.units_per_row
+        return x.reshape(nu // u, u, h, tu, d).transpose(1, 2).reshape(nu // u, h, u * tu, d).to(dtype)
 
     # -- storage accounting ----------------------------------------------------------------
     def side_bits_per_token(self, num_kv_heads: int, head_dim: int) -> float:
@@ -151,6 +316,8 @@ class MethodSpec:
         After the prompt ``floor(T/R)*R`` tokens are quantized and ``T mod R`` are kept in 16 bits
         (for the sliding value window, the last ``min(T, R)`` values).
         """
+        if seq_len <= 0:
+            raise MethodConfigError(f"{self.name}: bits_per_element needs seq_len > 0, got {seq_len}")
         if not self.quantizes:
             return 16.0
         r = self.residual_length
@@ -158,8 +325,9 @@ class MethodSpec:
         k_quant = (t // r) * r if r > 0 else t
         v_quant = max(t - r, 0) if self.value_flush == "token" else k_quant
         meta = 32  # one fp16 scale + one fp16 zero/minimum per group
-        k_bits = self.bits + meta / self.group_for(self.key_axis, head_dim)
-        v_bits = self.bits + meta / self.group_for(self.value_axis, head_dim)
+        code_bits = 8 // codes_per_byte(self.bits)  # as stored: 3-bit codes take a byte each
+        k_bits = code_bits + meta / self.group_for(self.key_axis, head_dim)
+        v_bits = code_bits + meta / self.group_for(self.value_axis, head_dim)
         per_head = num_kv_heads * head_dim
         total = (
             k_quant * per_head * k_bits
