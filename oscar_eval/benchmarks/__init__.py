@@ -1,0 +1,44 @@
+"""Benchmark registry: declarative configs live in ``tasks/``, loaders and scorers here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from oscar_eval.benchmarks.base import Benchmark, Item, ItemError
+
+__all__ = ["BENCHMARKS", "Benchmark", "Item", "ItemError", "get_benchmark", "list_benchmarks", "tasks_dir"]
+
+# name -> (module, class, one-line description, status)
+BENCHMARKS: dict[str, tuple[str, str, str, str]] = {
+    "longbench_e": ("oscar_eval.benchmarks.longbench_e", "LongBenchE",
+                    "LongBench-E, 13 English long-context subsets (text)", "available"),
+    "ocrbench": ("", "", "OCRBench, 1000 OCR questions (vision)", "planned"),
+    "mmau_pro": ("", "", "MMAU-Pro, audio understanding (audio/omni)", "planned"),
+    "niah": ("", "", "needle-in-a-haystack grid (text)", "planned"),
+}
+ALIASES = {"longbench": "longbench_e", "longbench-e": "longbench_e"}
+
+
+def tasks_dir() -> Path:
+    """The ``tasks/`` folder: $OSCAR_EVAL_TASKS, else the one next to the package (source checkout)."""
+    env = os.environ.get("OSCAR_EVAL_TASKS")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "tasks"
+
+
+def list_benchmarks() -> dict[str, tuple[str, str]]:
+    return {name: (desc, status) for name, (_, _, desc, status) in BENCHMARKS.items()}
+
+
+def get_benchmark(name: str, **kwargs) -> Benchmark:
+    from oscar_eval.cli import UserError
+
+    key = ALIASES.get(name, name)
+    if key not in BENCHMARKS:
+        raise UserError(f"unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)})")
+    module_name, cls_name, _, status = BENCHMARKS[key]
+    if status != "available":
+        raise UserError(f"benchmark {key!r} is not implemented yet")
+    import importlib
+
+    return getattr(importlib.import_module(module_name), cls_name)(**kwargs)

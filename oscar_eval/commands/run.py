@@ -1,0 +1,80 @@
+"""`oscar-eval run <benchmark>`: accuracy runs into the results store (a thin layer over the API)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "run", help="evaluate a benchmark for one model and one or more KV-cache methods",
+        description="Evaluate a benchmark (paper protocol) for a model and KV-cache methods. Without "
+                    "--model and --data-dir, runs the built-in smoke configuration.")
+    p.add_argument("benchmark", help="benchmark name (longbench, i.e. LongBench-E)")
+    p.add_argument("--model", help="model folder or a repo id already in the local Hugging Face cache")
+    p.add_argument("--method", action="append", dest="methods", metavar="NAME",
+                   help="KV-cache method (repeatable; default: oscar). See `oscar-eval list methods`")
+    p.add_argument("--set", action="append", dest="overrides", metavar="KEY=VALUE", default=[],
+                   help="method parameter override, for all methods (bits=3) or one (oscar.bits=3)")
+    p.add_argument("--subsets", nargs="+", metavar="SUBSET", help="subsets to run (default: all)")
+    p.add_argument("--limit", type=int, metavar="N", help="at most N items per subset")
+    p.add_argument("--data-dir", help="folder with the benchmark files (LongBench: <subset>.jsonl or parquet)")
+    p.add_argument("--max-input-len", type=int, metavar="N",
+                   help="prompt tokens kept (middle truncation); default 32768")
+    p.add_argument("--results", default="results", help="results store folder (default: results)")
+    p.add_argument("--resume", action="store_true", help="skip items already recorded for the same run")
+    p.add_argument("--overwrite", action="store_true", help="discard existing records of the same run")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16, float32 (default: auto)")
+    p.add_argument("--chat-template", action="store_true",
+                   help="wrap prompts in the tokenizer's chat template (Qwen3: thinking off)")
+    p.add_argument("--model-label", help="short model name used in run ids and reports")
+    p.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=main)
+
+
+def _sigterm_to_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt
+
+
+def main(args: argparse.Namespace) -> int:
+    from oscar_eval.api import parse_overrides, run_benchmark
+
+    signal.signal(signal.SIGTERM, _sigterm_to_interrupt)  # records are fsync'ed; stop cleanly
+    summaries = run_benchmark(
+        args.benchmark, model=args.model, methods=args.methods or ["oscar"], subsets=args.subsets,
+        limit=args.limit, data_dir=args.data_dir, max_input_len=args.max_input_len, results=args.results,
+        resume=args.resume, overwrite=args.overwrite, device=args.device, dtype=args.dtype,
+        chat_template=args.chat_template, model_label=args.model_label,
+        overrides=parse_overrides(args.overrides), seed=args.seed, progress=not args.no_progress)
+    print_summaries(summaries)
+    return 0
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def print_summaries(summaries: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=sys.stdout, soft_wrap=True)
+    for s in summaries:
+        bpe = s.get("bits_per_element")
+        title = (f"{s['benchmark']} | {s['model_label']} | {s['method']}"
+                 + (f" ({bpe:.2f} bits/elem)" if bpe else "")
+                 + (" | SMOKE" if s.get("configuration") == "smoke" else ""))
+        table = Table(title=title)
+        for col in ("subset", "0-4k", "4-8k", "8k+", "mean", "n"):
+            table.add_column(col, justify="left" if col == "subset" else "right")
+        for name, e in s.get("subsets", {}).items():
+            table.add_row(name, _fmt(e.get("0-4k")), _fmt(e.get("4-8k")), _fmt(e.get("8k+")),
+                          _fmt(e.get("mean")), str(e.get("n", "")))
+        table.add_row("Average", "", "", "", _fmt(s.get("average")), str(s.get("n_items")), style="bold")
+        console.print(table)
+        failed = s.get("n_failed", 0)
+        console.print(f"{s['n_items']} items, {failed} failed -> {s['run_dir']}")

@@ -1,0 +1,214 @@
+"""Model loading (local files only) and model runners that turn an item into a generation.
+
+Runners are per modality: :class:`TextRunner` is implemented (LongBench-E); vision and audio runners
+plug in behind the same ``generate(item, cache)`` call when OCRBench and MMAU-Pro land.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+# Never touch the network: set before transformers/huggingface_hub read their settings.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+def _user_error(msg: str) -> Exception:
+    from oscar_eval.cli import UserError
+
+    return UserError(msg)
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise _user_error(f"--device {device}: no CUDA device is available")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype not in DTYPES:
+        raise _user_error(f"unknown --dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype)
+
+
+def resolve_model_path(model: str | Path) -> Path:
+    """A local folder, or a repo id already in the Hugging Face cache (never downloaded)."""
+    p = Path(model).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise _user_error(f"model folder {p} has no config.json")
+        return p.resolve()
+    try:
+        from huggingface_hub import snapshot_download
+
+        # HF_HUB_CACHE is read here (not at import) so a cache chosen at run time is honoured.
+        return Path(snapshot_download(str(model), local_files_only=True,
+                                      cache_dir=os.environ.get("HF_HUB_CACHE") or None))
+    except Exception:  # noqa: BLE001 - any failure means "not available locally"
+        raise _user_error(
+            f"model {str(model)!r} is neither a folder nor in the local Hugging Face cache; download it "
+            f"first (e.g. `hf download {model}`) or pass its folder with --model") from None
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    path: Path
+    device: str
+    dtype: str
+
+    @property
+    def architecture(self) -> str:
+        archs = getattr(self.model.config, "architectures", None) or [type(self.model).__name__]
+        return archs[0]
+
+    def kv_shape(self) -> tuple[int, int]:
+        """(num_kv_heads, head_dim) of the text decoder, for bits-per-element accounting."""
+        cfg = self.model.config
+        cfg = getattr(cfg, "text_config", None) or cfg
+        heads = cfg.num_attention_heads
+        kv = getattr(cfg, "num_key_value_heads", None) or heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        return int(kv), int(head_dim)
+
+
+def load_model(model: str | Path, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(model)
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        # device_map places weights directly on the GPU (no second full copy in host memory).
+        net = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True,
+                                                   device_map=None if device == "cpu" else device)
+    except (OSError, ValueError) as exc:
+        raise _user_error(f"cannot load model from {path}: {str(exc).splitlines()[0]}") from None
+    net.eval()
+    return LoadedModel(net, tokenizer, path, device, str(torch_dtype).removeprefix("torch."))
+
+
+def cache_kwarg() -> str:
+    """Name of generate()'s cache argument: ``cache`` in newer transformers, else ``past_key_values``."""
+    try:
+        from transformers.generation import utils as gen_utils
+
+        return "cache" if "cache" in getattr(gen_utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
+    except ImportError:
+        return "past_key_values"
+
+
+@dataclass
+class Generation:
+    prediction: str
+    input_tokens: int
+    truncated: bool
+    new_tokens: int
+    prompt_sha256: str
+
+
+class ModelRunner(Protocol):
+    def generate(self, item: Any, cache: Any) -> Generation: ...
+
+
+class TextRunner:
+    """Causal-LM text generation with the LongBench protocol: middle truncation, optional chat template,
+    greedy decoding, batch 1, the KV cache passed in as ``past_key_values``."""
+
+    def __init__(self, loaded: LoadedModel, max_input_len: int = 32768, chat_template: bool = False) -> None:
+        if max_input_len < 2:
+            raise _user_error(f"--max-input-len must be at least 2, got {max_input_len}")
+        self.loaded = loaded
+        self.max_input_len = max_input_len
+        self.chat_template = chat_template
+        tok = loaded.tokenizer
+        if chat_template and not getattr(tok, "chat_template", None):
+            raise _user_error(f"--chat-template: the tokenizer of {loaded.path} has no chat template")
+        newline = tok.encode("\n", add_special_tokens=False)
+        self._newline_id = newline[-1] if newline else None
+
+    def truncate(self, prompt: str) -> tuple[str, bool]:
+        """Official LongBench middle truncation: keep the first and last max_input_len/2 tokens."""
+        tok = self.loaded.tokenizer
+        ids = tok(prompt, truncation=False, add_special_tokens=True)["input_ids"]
+        if len(ids) <= self.max_input_len:
+            return prompt, False
+        half = self.max_input_len // 2
+        return (tok.decode(ids[:half], skip_special_tokens=True)
+                + tok.decode(ids[-half:], skip_special_tokens=True)), True
+
+    def build_inputs(self, item: Any) -> tuple[list[int], bool, str]:
+        tok = self.loaded.tokenizer
+        prompt, truncated = self.truncate(item.prompt)
+        if self.chat_template and item.chat_template:
+            # enable_thinking reaches the template as a variable: Qwen3 turns thinking off, others ignore it.
+            text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                           add_generation_prompt=True, enable_thinking=False)
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+        else:
+            text = prompt
+            ids = tok(text, add_special_tokens=True)["input_ids"]
+        return list(ids), truncated, text
+
+    def generate(self, item: Any, cache: Any) -> Generation:
+        import torch
+
+        tok = self.loaded.tokenizer
+        model = self.loaded.model
+        ids, truncated, text = self.build_inputs(item)
+        input_ids = torch.tensor([ids], device=self.loaded.device)
+        eos = model.generation_config.eos_token_id
+        eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        if tok.eos_token_id is not None and tok.eos_token_id not in eos_ids:
+            eos_ids.append(tok.eos_token_id)
+        kwargs: dict[str, Any] = {}
+        if cache is not None:
+            kwargs[cache_kwarg()] = cache
+        if item.stop_at_newline and self._newline_id is not None:
+            eos_ids = eos_ids + [self._newline_id]
+            kwargs["min_new_tokens"] = 1
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=item.max_new_tokens, do_sample=False, num_beams=1,
+                eos_token_id=eos_ids or None, pad_token_id=pad, **kwargs)
+        new = out[0, input_ids.shape[1]:]
+        prediction = tok.decode(new, skip_special_tokens=True)
+        return Generation(prediction, len(ids), truncated, int(new.numel()),
+                          hashlib.sha256(text.encode("utf-8")).hexdigest())
+
+
+def runner_for(kind: str, loaded: LoadedModel, **settings: Any) -> ModelRunner:
+    if kind == "text":
+        return TextRunner(loaded, **settings)
+    raise _user_error(f"no model runner for {kind!r} inputs yet (only text benchmarks are implemented)")

@@ -1,0 +1,1 @@
+"""Per-item scorers and aggregations, one module per benchmark."""
