@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Order here is the order shown by `oscar-eval --help`.
-COMMAND_MODULES = ["run", "list", "speed", "report", "tni", "calibrate", "methods"]
+COMMAND_MODULES = ["run", "list", "speed", "report", "tni", "calibrate"]
 
 
 class UserError(Exception):
