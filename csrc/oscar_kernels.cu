@@ -1,0 +1,786 @@
+// OScaR INT2 KV-cache kernels: fused rotate / token-norm / quantize / pack, and packed decode attention.
+//
+// This file holds plain CUDA (no torch headers) so that it can be compiled and inspected with nvcc alone
+// (`nvcc -Xptxas -v -c`). The torch binding is csrc/oscar_bindings.cpp; the Python side, the layout
+// converters and the pure-PyTorch fallbacks are in oscar_core/kernels/.
+//
+// Layout (head_dim D = 128, groups of 32 tokens). One 1536-byte block per (sequence, kv head, group):
+//   keys  : [0, 1024)    2-bit codes of the 32x128 (token x channel) tile in mma.m16n8k16 A-fragment order
+//           [1024, 1280) fp16 scale per channel, [1280, 1536) fp16 1024 + integer zero point per channel
+//   values: [0, 1024)    2-bit codes of the 128x32 (channel x token) tile in A-fragment order
+//           [1024, 1280) fp16 scale [4 channel groups][32 tokens], [1280, 1536) fp16 1024 + zero, same order
+// (1024 + z is exact in fp16: the scale floor keeps |z| <= 1024.)
+//   token norms: fp32 [N, T] (one per token, shared by all kv heads).
+// Fragment order (see oscar_core/kernels/layout.py for the same map in Python): for a tile with `row`
+// and `col` (keys: row = token, col = channel; values: row = channel, col = token), let
+//   rt = row / 16, r = row % 16, ct = col / 16, c = col % 16 and
+//   lane = (r % 8) * 4 + (c % 8) / 2, reg = (r / 8) + 2 * (c / 8), half = c % 2.
+// Keys: word = ct, field = rt * 4 + reg. Values: word = rt, field = ct * 4 + reg.
+// Bit position inside the 32-bit word = half * 16 + 2 * field; the word lives at byte offset
+//   ((word / 4) * 32 + lane) * 16 + (word % 4) * 4,
+// so that lane l reads its eight words with two 16-byte loads, each warp-wide load contiguous.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include <cuda_runtime.h>
+
+// Keys subtract 1024 + zero per fp16 operand pair (HSUB2, the default, measured 6% faster at 128K); with
+// OSCAR_K_HSUB=0 they use one extra bias MMA per k-tile instead (A rows = 1024 + zero).
+#ifndef OSCAR_K_HSUB
+#define OSCAR_K_HSUB 1
+#endif
+
+namespace oscar {
+
+constexpr int kD = 128;
+constexpr int kGT = 32;       // tokens per key group / per packed block
+constexpr int kBlk = 1536;    // bytes per (head, group) block
+constexpr int kNW = 4;        // warps per decode CTA
+constexpr int kStages = 3;    // cp.async stages per warp
+constexpr int kStageBytes = 2 * kBlk + kGT * 4;  // keys + values + 32 norms = 3200
+constexpr int kStageChunks = kStageBytes / 16;    // 200
+constexpr float kNegBig = -1e30f;
+constexpr float kInvSqrtD = 0.08838834764831845f;  // 1/sqrt(128), as torch rounds it to fp32
+
+template <typename T>
+struct Cvt;
+template <>
+struct Cvt<__nv_bfloat16> {
+  static __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+  static __device__ __forceinline__ __nv_bfloat16 from_f(float x) { return __float2bfloat16_rn(x); }
+};
+template <>
+struct Cvt<__half> {
+  static __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+  static __device__ __forceinline__ __half from_f(float x) { return __float2half_rn(x); }
+};
+
+// ------------------------------------------------------------------------------------------------
+// The one quantizer (integer zero point, 2 bits), bit-for-bit as oscar_core/quant.py.
+// ------------------------------------------------------------------------------------------------
+struct QParams {
+  float s;  // fp32 value of the stored fp16 scale
+  float z;  // fp32 value of the stored fp16 zero point
+  __half s16, z16;
+};
+
+__device__ __forceinline__ QParams int_zero_params(float mx, float mn) {
+  float scale = __fdiv_rn(mx - mn, 3.0f);
+  float mag = fmaxf(fabsf(mx), fabsf(mn));
+  scale = fmaxf(scale, mag * 0.0009765625f);
+  if (!(scale > 0.f)) scale = 1.f;
+  __half s16 = __float2half_rn(fminf(scale, 65504.f));
+  float s = __half2float(s16);
+  if (!(s > 0.f)) {
+    s = 1.f;
+    s16 = __float2half_rn(1.f);
+  }
+  float z = rintf(__fdiv_rn(-mn, s));
+  z = fminf(fmaxf(z, -65504.f), 65504.f);
+  QParams p;
+  p.s = s;
+  p.s16 = s16;
+  p.z16 = __float2half_rn(z);
+  p.z = __half2float(p.z16);
+  return p;
+}
+
+__device__ __forceinline__ uint32_t int_zero_code(float x, const QParams& p) {
+  float q = rintf(__fdiv_rn(x, p.s)) + p.z;
+  q = fminf(fmaxf(q, 0.f), 3.f);
+  return static_cast<uint32_t>(q);
+}
+
+// Position (in fp16 units) of one metadata value inside its 128-entry array: thread t4 of the decode kernel
+// finds its 16 pairs j = 0..15 at pair index (j/4*4 + t4)*4 + j%4 (four 16-byte loads, conflict-free).
+// keys: `idx` = channel, j = kt*2 + hi; values: `idx` = token, j = grp*4 + mt*2 + hi.
+__device__ __forceinline__ int meta_pos(int idx, int grp, bool keys) {
+  const int e = idx & 1, t4 = (idx >> 1) & 3, hi = (idx >> 3) & 1, blk16 = idx >> 4;
+  const int j = keys ? blk16 * 2 + hi : grp * 4 + blk16 * 2 + hi;
+  return 2 * (((j >> 2) * 4 + t4) * 4 + (j & 3)) + e;
+}
+
+// Byte offset of the 32-bit word and the bit position of (row, col) for the key / value tile.
+__device__ __forceinline__ void frag_pos(int row, int col, bool keys, int& word_off, int& bit) {
+  int rt = row >> 4, r = row & 15, ct = col >> 4, c = col & 15;
+  int lane = (r & 7) * 4 + ((c & 7) >> 1);
+  int reg = (r >> 3) + 2 * (c >> 3);
+  int half = c & 1;
+  int word = keys ? ct : rt;
+  int field = (keys ? rt : ct) * 4 + reg;
+  word_off = (((word >> 2) * 32 + lane) * 16) + (word & 3) * 4;
+  bit = half * 16 + 2 * field;
+}
+
+// Assemble the 256 packed words of one 32x128 code tile (codes in smem as [row][col] bytes, keys:
+// [token][channel]; values: [channel][token] stored as [token][channel] too, see below) and store them.
+// `code_at(row, col)` reads the code of the fragment tile's (row, col).
+template <bool kKeys>
+__device__ __forceinline__ void store_packed_words(const uint8_t* codes_tc, uint8_t* dst_block, int tid,
+                                                   int nthreads) {
+  // codes_tc is [token][channel] (32 x 128) for both keys and values.
+  for (int wi = tid; wi < 256; wi += nthreads) {
+    int lane = (wi >> 2) & 31;
+    int word = (wi >> 7) * 4 + (wi & 3);
+    int g = lane >> 2, tq = lane & 3;
+    uint32_t w = 0;
+#pragma unroll
+    for (int f = 0; f < 8; ++f) {
+      int reg = f & 3;
+      int rt_or_ct = f >> 2;
+      int rowhi = reg & 1, colhi = reg >> 1;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        int row, col;
+        if (kKeys) {  // row = token (rt = f>>2), col = channel (ct = word)
+          row = rt_or_ct * 16 + rowhi * 8 + g;
+          col = word * 16 + colhi * 8 + tq * 2 + h;
+          w |= static_cast<uint32_t>(codes_tc[row * kD + col]) << (h * 16 + 2 * f);
+        } else {  // row = channel (rt = word), col = token (ct = f>>2)
+          row = word * 16 + rowhi * 8 + g;
+          col = rt_or_ct * 16 + colhi * 8 + tq * 2 + h;
+          w |= static_cast<uint32_t>(codes_tc[col * kD + row]) << (h * 16 + 2 * f);
+        }
+      }
+    }
+    reinterpret_cast<uint32_t*>(dst_block)[wi] = w;
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Pack keys: grid (T/32, N), 128 threads; dynamic smem: H*32*128 T (rounded rotated keys) + 4096 codes
+// + 32 norms. Hadamard (normalized Sylvester, same butterfly order as oscar_core/hadamard.py) in fp32,
+// rounded to the input dtype (as the reference's rotation returns the input dtype), token norm over
+// all heads in fp32, per-channel groups of 32 tokens, integer zero point.
+// ------------------------------------------------------------------------------------------------
+template <typename T>
+__global__ void __launch_bounds__(128) pack_keys_kernel(const T* __restrict__ k, uint8_t* __restrict__ out,
+                                                         float* __restrict__ norms, int H, int Tn, int G) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  T* rot = reinterpret_cast<T*>(smem);                                  // [H][32][128]
+  uint8_t* codes = smem + static_cast<size_t>(H) * kGT * kD * sizeof(T);  // [32][128]
+  float* nrm = reinterpret_cast<float*>(codes + kGT * kD);              // [32]
+  const int gi = blockIdx.x, n = blockIdx.y;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  float sumsq[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) sumsq[i] = 0.f;
+  for (int h = 0; h < H; ++h) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int t = warp * 8 + i;
+      const T* src = k + ((static_cast<size_t>(n) * H + h) * Tn + gi * kGT + t) * kD + lane * 4;
+      uint2 raw = *reinterpret_cast<const uint2*>(src);
+      const T* e = reinterpret_cast<const T*>(&raw);
+      float a0 = Cvt<T>::to_f(e[0]), a1 = Cvt<T>::to_f(e[1]), a2 = Cvt<T>::to_f(e[2]),
+            a3 = Cvt<T>::to_f(e[3]);
+      // stage h=1: pairs (0,1), (2,3); stage h=2: pairs (0,2), (1,3)
+      float y0 = a0 + a1, y1 = a0 - a1, y2 = a2 + a3, y3 = a2 - a3;
+      float v[4] = {y0 + y2, y1 + y3, y0 - y2, y1 - y3};
+#pragma unroll
+      for (int m = 1; m <= 16; m <<= 1) {
+        const bool upper = (lane & m) != 0;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          float p = __shfl_xor_sync(0xffffffffu, v[j], m);
+          v[j] = upper ? (p - v[j]) : (v[j] + p);
+        }
+      }
+      T r[4];
+      float ss = 0.f;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        r[j] = Cvt<T>::from_f(v[j] * kInvSqrtD);
+        float f = Cvt<T>::to_f(r[j]);
+        ss += f * f;
+      }
+      sumsq[i] += ss;
+      *reinterpret_cast<uint2*>(rot + (static_cast<size_t>(h) * kGT + t) * kD + lane * 4) =
+          *reinterpret_cast<uint2*>(r);
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    float s = sumsq[i];
+#pragma unroll
+    for (int m = 16; m >= 1; m >>= 1) s += __shfl_xor_sync(0xffffffffu, s, m);
+    if (lane == 0) {
+      float nv = sqrtf(s);
+      nv = nv > 0.f ? nv : 1.f;
+      nrm[warp * 8 + i] = nv;
+      norms[static_cast<size_t>(n) * Tn + gi * kGT + warp * 8 + i] = nv;
+    }
+  }
+  __syncthreads();
+  const int c = tid;  // channel
+  for (int h = 0; h < H; ++h) {
+    uint8_t* blk = out + ((static_cast<size_t>(n) * H + h) * G + gi) * kBlk;
+    float x[kGT];
+    float mx = -INFINITY, mn = INFINITY;
+#pragma unroll
+    for (int t = 0; t < kGT; ++t) {
+      x[t] = __fdiv_rn(Cvt<T>::to_f(rot[(static_cast<size_t>(h) * kGT + t) * kD + c]), nrm[t]);
+      mx = fmaxf(mx, x[t]);
+      mn = fminf(mn, x[t]);
+    }
+    QParams p = int_zero_params(mx, mn);
+#pragma unroll
+    for (int t = 0; t < kGT; ++t) codes[t * kD + c] = static_cast<uint8_t>(int_zero_code(x[t], p));
+    reinterpret_cast<__half*>(blk + 1024)[meta_pos(c, 0, true)] = p.s16;
+    reinterpret_cast<__half*>(blk + 1280)[meta_pos(c, 0, true)] = __float2half_rn(p.z + 1024.f);
+    __syncthreads();
+    store_packed_words<true>(codes, blk, tid, 128);
+    __syncthreads();
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Pack values: grid (T/32, H, N), 128 threads = (token, channel group); per-token groups of 32 channels.
+// ------------------------------------------------------------------------------------------------
+template <typename T>
+__global__ void __launch_bounds__(128) pack_values_kernel(const T* __restrict__ v, uint8_t* __restrict__ out,
+                                                           int H, int Tn, int G) {
+  __shared__ __align__(16) uint8_t codes[kGT * kD];  // [token][channel]
+  const int gi = blockIdx.x, h = blockIdx.y, n = blockIdx.z;
+  const int tid = threadIdx.x;
+  const int t = tid >> 2, grp = tid & 3;
+  const T* src = v + ((static_cast<size_t>(n) * H + h) * Tn + gi * kGT + t) * kD + grp * 32;
+  float x[32];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    uint4 raw = reinterpret_cast<const uint4*>(src)[i];
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) x[i * 8 + j] = Cvt<T>::to_f(e[j]);
+  }
+  float mx = -INFINITY, mn = INFINITY;
+#pragma unroll
+  for (int i = 0; i < 32; ++i) {
+    mx = fmaxf(mx, x[i]);
+    mn = fminf(mn, x[i]);
+  }
+  QParams p = int_zero_params(mx, mn);
+  uint8_t* blk = out + ((static_cast<size_t>(n) * H + h) * G + gi) * kBlk;
+#pragma unroll
+  for (int i = 0; i < 32; ++i) codes[t * kD + grp * 32 + i] = static_cast<uint8_t>(int_zero_code(x[i], p));
+  reinterpret_cast<__half*>(blk + 1024)[meta_pos(t, grp, false)] = p.s16;
+  reinterpret_cast<__half*>(blk + 1280)[meta_pos(t, grp, false)] = __float2half_rn(p.z + 1024.f);
+  __syncthreads();
+  store_packed_words<false>(codes, blk, tid, 128);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Decode attention.
+// ------------------------------------------------------------------------------------------------
+__device__ __forceinline__ void cp_async16(void* smem_ptr, const void* gmem_ptr) {
+  uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem_ptr));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem_ptr));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ uint32_t h2u(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
+__device__ __forceinline__ __half2 u2h(uint32_t u) { return *reinterpret_cast<__half2*>(&u); }
+
+// 2-bit field f of both 16-bit halves of w, as fp16 1024 + code: one LOP3 ((x & mask) | magic); `magic`
+// is 0x64006400 held in a register (an immediate would make the compiler split it into two LOP3s).
+template <int F>
+__device__ __forceinline__ uint32_t dqr(uint32_t w, uint32_t magic) {
+  const uint32_t x = F ? (w >> (2 * F)) : w;
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(x), "n"(0x00030003), "r"(magic));
+  return d;
+}
+
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ void mma16816(float* c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t movtrans(uint32_t a) {
+  uint32_t d;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(d) : "r"(a));
+  return d;
+}
+
+__device__ __forceinline__ uint32_t word_of(const uint4& a, const uint4& b, int i) {
+  // i is a compile-time constant after unrolling
+  return i == 0 ? a.x : i == 1 ? a.y : i == 2 ? a.z : i == 3 ? a.w : i == 4 ? b.x : i == 5 ? b.y : i == 6 ? b.z : b.w;
+}
+
+struct DecodeParams {
+  const void* q;          // [B, Hq, D]
+  const uint8_t* kdata;   // [B, Hkv, Gcap, 1536]
+  const uint8_t* vdata;   // [B, Hkv, Gcap, 1536]
+  const float* norms;     // [B, Tcap]
+  const int* qlen;        // [B] quantized tokens (multiple of 32)
+  const void* rk;         // [B, Hkv, R, D] rotated residual keys
+  const void* rv;         // [B, Hkv, R, D] residual values
+  const int* rlen;        // [B]
+  float* pm;              // [B, Hq, S]
+  float* pl;              // [B, Hq, S]
+  float* po;              // [B, Hq, S, D]
+  void* out;              // [B, Hq, D]
+  int Hkv, Gcap, Tcap, R, nsplit, gps;  // splits: nsplit quantized + ceil(R/32) residual
+  float scale_log2;       // softmax scale * log2(e)
+  int mode;               // diagnostics: 4 = loads only (no math), 8 = math only (no loads); 0 normally
+};
+
+// smem layout of the decode CTA: q [8][128] fp32 (4 KB), then per-warp pipeline stages; the merge area
+// (m, l [kNW][8], o [kNW][8][128] fp32) reuses the pipeline area after a barrier.
+constexpr int kQBytes = 8 * kD * 4;
+constexpr int kPipeBytes = kNW * kStages * kStageBytes;
+constexpr int kMergeBytes = (2 * kNW * 8 + kNW * 8 * kD) * 4;
+constexpr int kDecodeSmem = kQBytes + (kPipeBytes > kMergeBytes ? kPipeBytes : kMergeBytes);
+
+template <typename T, int GQA>
+__global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  float* qs = reinterpret_cast<float*>(smem);
+  uint8_t* pipe = smem + kQBytes;
+  float* mg_m = reinterpret_cast<float*>(pipe);
+  float* mg_l = mg_m + kNW * 8;
+  float* mg_o = mg_l + kNW * 8;
+
+  const int split = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int Hq = P.Hkv * GQA;
+  const int S = P.nsplit + (P.R + kGT - 1) / kGT;
+
+  // ---- quantized splits: start the first cp.async stages before the query prologue (they need only
+  // the device-side length), so that the loads overlap the rotation ----
+  const bool residual_cta = split >= P.nsplit;
+  const int G = P.qlen[b] / kGT;
+  const int g0 = split * P.gps;
+  const int g1 = min(g0 + P.gps, G);
+  const int first = g0 + warp;
+  const int n = first < g1 ? (g1 - first + kNW - 1) / kNW : 0;
+  const size_t head_base = (static_cast<size_t>(b) * P.Hkv + hk) * P.Gcap;
+  const uint8_t* kbase = P.kdata + head_base * kBlk;
+  const uint8_t* vbase = P.vdata + head_base * kBlk;
+  const float* nbase = P.norms + static_cast<size_t>(b) * P.Tcap;
+  uint8_t* wpipe = pipe + warp * kStages * kStageBytes;
+
+  auto issue = [&](int i) {
+    const int gi = first + i * kNW;
+    uint8_t* dst = wpipe + (i % kStages) * kStageBytes;
+    const uint8_t* ks = kbase + static_cast<size_t>(gi) * kBlk;
+    const uint8_t* vs = vbase + static_cast<size_t>(gi) * kBlk;
+    const uint8_t* ns = reinterpret_cast<const uint8_t*>(nbase + gi * kGT);
+#pragma unroll
+    for (int c = lane; c < kStageChunks; c += 32) {
+      const uint8_t* src = c < 96 ? ks + c * 16 : c < 192 ? vs + (c - 96) * 16 : ns + (c - 192) * 16;
+      cp_async16(dst + c * 16, src);
+    }
+  };
+
+  // residual CTAs: issue their global loads (8 tokens per warp) before the prologue as well
+  uint2 kr[8], vr[8];
+  const int L = P.rlen[b];
+  const int t0 = (split - P.nsplit) * kGT + warp * 8;
+  const T* rkp = reinterpret_cast<const T*>(P.rk) + (static_cast<size_t>(b) * P.Hkv + hk) * P.R * kD;
+  const T* rvp = reinterpret_cast<const T*>(P.rv) + (static_cast<size_t>(b) * P.Hkv + hk) * P.R * kD;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const int t = t0 + j;
+    if (residual_cta && t < L) {
+      kr[j] = *reinterpret_cast<const uint2*>(rkp + static_cast<size_t>(t) * kD + lane * 4);
+      vr[j] = *reinterpret_cast<const uint2*>(rvp + static_cast<size_t>(t) * kD + lane * 4);
+    } else {
+      kr[j] = make_uint2(0u, 0u);
+      vr[j] = make_uint2(0u, 0u);
+    }
+  }
+  if (!residual_cta) {
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) {
+      if (s < n && !(P.mode & 8)) issue(s);
+      cp_async_commit();
+    }
+  }
+
+  // ---- query: load, rotate (normalized FWHT in fp32), fold softmax scale * log2(e) ----
+  const T* qp = reinterpret_cast<const T*>(P.q) + (static_cast<size_t>(b) * Hq + hk * GQA) * kD;
+  for (int j = warp; j < 8; j += kNW) {
+    float v[4] = {0.f, 0.f, 0.f, 0.f};
+    if (j < GQA) {
+      const uint2 raw = *reinterpret_cast<const uint2*>(qp + j * kD + lane * 4);
+      const T* e = reinterpret_cast<const T*>(&raw);
+      const float a0 = Cvt<T>::to_f(e[0]), a1 = Cvt<T>::to_f(e[1]), a2 = Cvt<T>::to_f(e[2]),
+                  a3 = Cvt<T>::to_f(e[3]);
+      const float y0 = a0 + a1, y1 = a0 - a1, y2 = a2 + a3, y3 = a2 - a3;  // butterflies h = 1, 2
+      v[0] = y0 + y2;
+      v[1] = y1 + y3;
+      v[2] = y0 - y2;
+      v[3] = y1 - y3;
+#pragma unroll
+      for (int m = 1; m <= 16; m <<= 1) {  // butterflies h = 4 .. 64 across lanes
+        const bool upper = (lane & m) != 0;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float p = __shfl_xor_sync(0xffffffffu, v[i], m);
+          v[i] = upper ? (p - v[i]) : (v[i] + p);
+        }
+      }
+    }
+    *reinterpret_cast<float4*>(qs + j * kD + lane * 4) = make_float4(v[0], v[1], v[2], v[3]);
+  }
+  __syncthreads();
+  const float qmul = kInvSqrtD * P.scale_log2;
+
+  float m_w[2] = {kNegBig, kNegBig};  // quantized path: heads 2t, 2t+1
+  if (residual_cta) {
+    // ---- residual window, 32 tokens per CTA: warp = 8 tokens (all loads issued up front), lane = 4
+    // channels, fp32 ----
+    float qf[GQA][4];
+#pragma unroll
+    for (int j = 0; j < GQA; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) qf[j][i] = qs[j * kD + lane * 4 + i] * qmul;
+    __syncthreads();  // the merge area (pipe) is not q's; kept for symmetry with the other branch
+#pragma unroll
+    for (int h = 0; h < GQA; ++h) {
+      float sc[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const T* ke = reinterpret_cast<const T*>(&kr[j]);
+        sc[j] = qf[h][0] * Cvt<T>::to_f(ke[0]) + qf[h][1] * Cvt<T>::to_f(ke[1]) +
+                qf[h][2] * Cvt<T>::to_f(ke[2]) + qf[h][3] * Cvt<T>::to_f(ke[3]);
+      }
+#pragma unroll
+      for (int mm = 16; mm >= 1; mm >>= 1)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) sc[j] += __shfl_xor_sync(0xffffffffu, sc[j], mm);
+      float m = kNegBig;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) m = (t0 + j < L) ? fmaxf(m, sc[j]) : m;
+      float l = 0.f, o[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float pr = (t0 + j < L) ? exp2f(sc[j] - m) : 0.f;
+        const T* ve = reinterpret_cast<const T*>(&vr[j]);
+        l += pr;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) o[i] += pr * Cvt<T>::to_f(ve[i]);
+      }
+      if (lane == 0) {
+        mg_m[warp * 8 + h] = m;
+        mg_l[warp * 8 + h] = l;
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) mg_o[(warp * 8 + h) * kD + lane * 4 + i] = o[i];
+    }
+  } else {
+    // ---- quantized part ----
+    const int g = lane >> 2, t4 = lane & 3;
+    // B operand of QK: Q'[channel][head g] = q * scale; q as half2 pairs of channels (16kt+2t, +1), (+8).
+    __half2 qh[8][2];
+#pragma unroll
+    for (int kt = 0; kt < 8; ++kt) {
+#pragma unroll
+      for (int hi = 0; hi < 2; ++hi) {
+        int c = kt * 16 + hi * 8 + t4 * 2;
+        float x0 = g < GQA ? qs[g * kD + c] * qmul : 0.f;
+        float x1 = g < GQA ? qs[g * kD + c + 1] * qmul : 0.f;
+        qh[kt][hi] = __floats2half2_rn(x0, x1);
+      }
+    }
+    float o[8][4];
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) o[i][j] = 0.f;
+    float l_w[2] = {0.f, 0.f};
+    // 0x64006400, opaque to the compiler (P.mode < 16, so the shift is 0)
+    const uint32_t magic = 0x64006400u | (static_cast<uint32_t>(P.mode) >> 28);
+
+    for (int i = 0; i < n; ++i) {
+      if (i + kStages - 1 < n && !(P.mode & 8)) issue(i + kStages - 1);
+      cp_async_commit();
+      cp_async_wait<kStages - 1>();
+      __syncwarp();
+      if (P.mode & 4) continue;
+      const uint8_t* st = wpipe + (i % kStages) * kStageBytes;
+      const uint4 kw0 = reinterpret_cast<const uint4*>(st)[lane];
+      const uint4 kw1 = reinterpret_cast<const uint4*>(st)[32 + lane];
+      // metadata: this thread's 16 fp16 pairs of scale and of 1024 + zero, four 16-byte loads each
+      const uint4* ksc4 = reinterpret_cast<const uint4*>(st + 1024) + t4;
+      const uint4* kzz4 = reinterpret_cast<const uint4*>(st + 1280) + t4;
+      const uint8_t* vst = st + kBlk;
+      const uint4* vsc4 = reinterpret_cast<const uint4*>(vst + 1024) + t4;
+      const uint4* vzz4 = reinterpret_cast<const uint4*>(vst + 1280) + t4;
+      const float* nr = reinterpret_cast<const float*>(st + 2 * kBlk);
+
+      // S = K Q' : rows = tokens (2 m-tiles of 16), cols = heads (8), k = channels (8 k-tiles of 16).
+      // A holds 1024 + code (exact fp16, one LOP3 per pair) minus 1024 + zero (HSUB2, exact), or with
+      // OSCAR_K_HSUB=0 the offset and zero point are removed by one more MMA per k-tile whose A rows are all
+      // 1024 + zero (bias, identical for every token).
+      float acc[2][4], accb[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[0][j] = acc[1][j] = accb[j] = 0.f;
+#pragma unroll
+      for (int kt = 0; kt < 8; ++kt) {
+        const uint32_t w = word_of(kw0, kw1, kt);
+        const uint4 sq = ksc4[(kt >> 1) * 4], zq = kzz4[(kt >> 1) * 4];
+        const uint32_t za = (kt & 1) ? zq.z : zq.x, zb = (kt & 1) ? zq.w : zq.y;
+        const uint32_t b0 = h2u(__hmul2(qh[kt][0], u2h((kt & 1) ? sq.z : sq.x)));
+        const uint32_t b1 = h2u(__hmul2(qh[kt][1], u2h((kt & 1) ? sq.w : sq.y)));
+#if OSCAR_K_HSUB
+        const __half2 hza = u2h(za), hzb = u2h(zb);
+        mma16816(acc[0], h2u(__hsub2(u2h(dqr<0>(w, magic)), hza)), h2u(__hsub2(u2h(dqr<1>(w, magic)), hza)),
+                 h2u(__hsub2(u2h(dqr<2>(w, magic)), hzb)), h2u(__hsub2(u2h(dqr<3>(w, magic)), hzb)), b0, b1);
+        mma16816(acc[1], h2u(__hsub2(u2h(dqr<4>(w, magic)), hza)), h2u(__hsub2(u2h(dqr<5>(w, magic)), hza)),
+                 h2u(__hsub2(u2h(dqr<6>(w, magic)), hzb)), h2u(__hsub2(u2h(dqr<7>(w, magic)), hzb)), b0, b1);
+#else
+        mma16816(acc[0], dqr<0>(w, magic), dqr<1>(w, magic), dqr<2>(w, magic), dqr<3>(w, magic), b0, b1);
+        mma16816(acc[1], dqr<4>(w, magic), dqr<5>(w, magic), dqr<6>(w, magic), dqr<7>(w, magic), b0, b1);
+        mma16816(accb, za, za, zb, zb, b0, b1);
+#endif
+      }
+      // logits (log2 domain): (raw - bias) times the token norm
+      float mx[2] = {kNegBig, kNegBig};
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        const float n0 = nr[mt * 16 + g], n1 = nr[mt * 16 + 8 + g];
+        acc[mt][0] = (acc[mt][0] - accb[0]) * n0;
+        acc[mt][1] = (acc[mt][1] - accb[1]) * n0;
+        acc[mt][2] = (acc[mt][2] - accb[0]) * n1;
+        acc[mt][3] = (acc[mt][3] - accb[1]) * n1;
+        mx[0] = fmaxf(mx[0], fmaxf(acc[mt][0], acc[mt][2]));
+        mx[1] = fmaxf(mx[1], fmaxf(acc[mt][1], acc[mt][3]));
+      }
+      float alpha[2];
+#pragma unroll
+      for (int hc = 0; hc < 2; ++hc) {
+#pragma unroll
+        for (int mm = 4; mm <= 16; mm <<= 1) mx[hc] = fmaxf(mx[hc], __shfl_xor_sync(0xffffffffu, mx[hc], mm));
+        const float mnew = fmaxf(m_w[hc], mx[hc]);
+        alpha[hc] = ex2(m_w[hc] - mnew);
+        m_w[hc] = mnew;
+      }
+      uint32_t pb[2][2];  // [mt][lo/hi 8 tokens]: B operand of PV (tokens x heads), after transpose
+      float lsum[2] = {0.f, 0.f};
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        const float p0 = ex2(acc[mt][0] - m_w[0]), p1 = ex2(acc[mt][1] - m_w[1]);
+        const float p2 = ex2(acc[mt][2] - m_w[0]), p3 = ex2(acc[mt][3] - m_w[1]);
+        lsum[0] += p0 + p2;
+        lsum[1] += p1 + p3;
+        pb[mt][0] = movtrans(h2u(__floats2half2_rn(p0, p1)));
+        pb[mt][1] = movtrans(h2u(__floats2half2_rn(p2, p3)));
+      }
+      l_w[0] = l_w[0] * alpha[0] + lsum[0];
+      l_w[1] = l_w[1] * alpha[1] + lsum[1];
+      if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+        for (int ct = 0; ct < 8; ++ct) {
+          o[ct][0] *= alpha[0];
+          o[ct][1] *= alpha[1];
+          o[ct][2] *= alpha[0];
+          o[ct][3] *= alpha[1];
+        }
+      }
+      // O^T += V^T P'^T : rows = channels (8 tiles), cols = heads, k = tokens (2 k-steps of 16).
+      const uint4 vw0 = reinterpret_cast<const uint4*>(vst)[lane];
+      const uint4 vw1 = reinterpret_cast<const uint4*>(vst)[32 + lane];
+#pragma unroll
+      for (int grp = 0; grp < 4; ++grp) {
+        const uint4 sq = vsc4[grp * 4], zq = vzz4[grp * 4];
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          const uint32_t b0 = h2u(__hmul2(u2h(pb[mt][0]), u2h(mt ? sq.z : sq.x)));
+          const uint32_t b1 = h2u(__hmul2(u2h(pb[mt][1]), u2h(mt ? sq.w : sq.y)));
+          // 1024 + zero is subtracted from each fp16 operand pair (exact); measured faster here than a
+          // bias MMA with a negated B operand (as the keys do), which needs register copies for the quads
+          const __half2 hza = u2h(mt ? zq.z : zq.x), hzb = u2h(mt ? zq.w : zq.y);
+#pragma unroll
+          for (int cc = 0; cc < 2; ++cc) {
+            const int ct = grp * 2 + cc;
+            const uint32_t w = word_of(vw0, vw1, ct);
+            if (mt == 0) {
+              mma16816(o[ct], h2u(__hsub2(u2h(dqr<0>(w, magic)), hza)), h2u(__hsub2(u2h(dqr<1>(w, magic)), hza)),
+                       h2u(__hsub2(u2h(dqr<2>(w, magic)), hzb)), h2u(__hsub2(u2h(dqr<3>(w, magic)), hzb)), b0, b1);
+            } else {
+              mma16816(o[ct], h2u(__hsub2(u2h(dqr<4>(w, magic)), hza)), h2u(__hsub2(u2h(dqr<5>(w, magic)), hza)),
+                       h2u(__hsub2(u2h(dqr<6>(w, magic)), hzb)), h2u(__hsub2(u2h(dqr<7>(w, magic)), hzb)), b0, b1);
+            }
+          }
+        }
+      }
+      __syncwarp();
+    }
+    cp_async_wait<0>();
+#pragma unroll
+    for (int hc = 0; hc < 2; ++hc)
+#pragma unroll
+      for (int mm = 4; mm <= 16; mm <<= 1) l_w[hc] += __shfl_xor_sync(0xffffffffu, l_w[hc], mm);
+    __syncthreads();  // every warp is done with its pipeline stages: the merge area may be written
+#pragma unroll
+    for (int hc = 0; hc < 2; ++hc) {
+      const int hh = 2 * t4 + hc;
+      if (hh < GQA) {
+        if (g == 0) {
+          mg_m[warp * 8 + hh] = m_w[hc];
+          mg_l[warp * 8 + hh] = l_w[hc];
+        }
+#pragma unroll
+        for (int ct = 0; ct < 8; ++ct) {
+          mg_o[(warp * 8 + hh) * kD + ct * 16 + g] = o[ct][hc];
+          mg_o[(warp * 8 + hh) * kD + ct * 16 + 8 + g] = o[ct][2 + hc];
+        }
+      }
+    }
+  }
+  __syncthreads();
+  // ---- merge the warps; thread = channel ----
+  const int c = tid;
+#pragma unroll
+  for (int j = 0; j < GQA; ++j) {
+    float M = kNegBig;
+#pragma unroll
+    for (int w = 0; w < kNW; ++w) M = fmaxf(M, mg_m[w * 8 + j]);
+    float L = 0.f, O = 0.f;
+#pragma unroll
+    for (int w = 0; w < kNW; ++w) {
+      const float e = exp2f(mg_m[w * 8 + j] - M);
+      L += mg_l[w * 8 + j] * e;
+      O += mg_o[(w * 8 + j) * kD + c] * e;
+    }
+    const size_t row = (static_cast<size_t>(b) * Hq + hk * GQA + j) * S + split;
+    P.po[row * kD + c] = O;
+    if (c == 0) {
+      P.pm[row] = M;
+      P.pl[row] = L;
+    }
+  }
+}
+
+// Combine the splits of one (sequence, query head): weights in smem, the S partial outputs read by four
+// warps in parallel (float4 per lane), reduced in smem. Dynamic smem: S floats.
+template <typename T>
+__global__ void __launch_bounds__(128) combine_kernel(const float* __restrict__ pm, const float* __restrict__ pl,
+                                                       const float* __restrict__ po, T* __restrict__ out, int S) {
+  extern __shared__ float wts[];  // [S]
+  __shared__ float red[4][kD];
+  __shared__ float sc[8];
+  const int row = blockIdx.x;  // b * Hq + hq
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const float* m = pm + static_cast<size_t>(row) * S;
+  const float* l = pl + static_cast<size_t>(row) * S;
+  const float* o = po + static_cast<size_t>(row) * S * kD;
+  float M = kNegBig;
+  for (int s = tid; s < S; s += 128) M = fmaxf(M, m[s]);
+#pragma unroll
+  for (int mm = 16; mm >= 1; mm >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, mm));
+  if (lane == 0) sc[warp] = M;
+  __syncthreads();
+  M = fmaxf(fmaxf(sc[0], sc[1]), fmaxf(sc[2], sc[3]));
+  float L = 0.f;
+  for (int s = tid; s < S; s += 128) {
+    const float e = exp2f(m[s] - M);
+    wts[s] = e;
+    L += e * l[s];
+  }
+#pragma unroll
+  for (int mm = 16; mm >= 1; mm >>= 1) L += __shfl_xor_sync(0xffffffffu, L, mm);
+  if (lane == 0) sc[4 + warp] = L;
+  __syncthreads();
+  L = sc[4] + sc[5] + sc[6] + sc[7];
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 4
+  for (int s = warp; s < S; s += 4) {
+    const float e = wts[s];
+    const float4 v = reinterpret_cast<const float4*>(o + static_cast<size_t>(s) * kD)[lane];
+    acc.x += e * v.x;
+    acc.y += e * v.y;
+    acc.z += e * v.z;
+    acc.w += e * v.w;
+  }
+  reinterpret_cast<float4*>(red[warp])[lane] = acc;
+  __syncthreads();
+  const float O = red[0][tid] + red[1][tid] + red[2][tid] + red[3][tid];
+  out[static_cast<size_t>(row) * kD + tid] = Cvt<T>::from_f(L > 0.f ? O / L : 0.f);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Host launchers (return a cudaError_t; dtype: 0 = bf16, 1 = fp16).
+// ------------------------------------------------------------------------------------------------
+int launch_pack_keys(const void* k, uint8_t* out, float* norms, int N, int H, int Tn, int dtype,
+                     cudaStream_t stream) {
+  const int G = Tn / kGT;
+  const size_t smem = static_cast<size_t>(H) * kGT * kD * 2 + kGT * kD + kGT * 4;
+  constexpr int kMaxSmem = 16 * kGT * kD * 2 + kGT * kD + kGT * 4;  // H <= 16 (checked by the binding)
+  static bool attr_set = false;  // set once, outside any graph capture of a later call
+  if (!attr_set) {
+    cudaFuncSetAttribute(pack_keys_kernel<__nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
+    cudaFuncSetAttribute(pack_keys_kernel<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
+    attr_set = true;
+  }
+  dim3 grid(G, N);
+  if (dtype == 0)
+    pack_keys_kernel<__nv_bfloat16><<<grid, 128, smem, stream>>>(static_cast<const __nv_bfloat16*>(k), out, norms, H, Tn, G);
+  else
+    pack_keys_kernel<__half><<<grid, 128, smem, stream>>>(static_cast<const __half*>(k), out, norms, H, Tn, G);
+  return static_cast<int>(cudaGetLastError());
+}
+
+int launch_pack_values(const void* v, uint8_t* out, int N, int H, int Tn, int dtype, cudaStream_t stream) {
+  const int G = Tn / kGT;
+  dim3 grid(G, H, N);
+  if (dtype == 0)
+    pack_values_kernel<__nv_bfloat16><<<grid, 128, 0, stream>>>(static_cast<const __nv_bfloat16*>(v), out, H, Tn, G);
+  else
+    pack_values_kernel<__half><<<grid, 128, 0, stream>>>(static_cast<const __half*>(v), out, H, Tn, G);
+  return static_cast<int>(cudaGetLastError());
+}
+
+template <typename T, int GQA>
+static void launch_decode_t(const DecodeParams& p, int B, int phases, cudaStream_t stream) {
+  static_assert(kDecodeSmem <= 48 * 1024, "decode smem above the default 48 KB limit");
+  const int S = p.nsplit + (p.R + kGT - 1) / kGT;
+  dim3 grid(S, p.Hkv, B);
+  if (phases & 1) decode_kernel<T, GQA><<<grid, 128, kDecodeSmem, stream>>>(p);
+  if (phases & 2)
+    combine_kernel<T><<<B * p.Hkv * GQA, 128, S * sizeof(float), stream>>>(p.pm, p.pl, p.po, static_cast<T*>(p.out), S);
+}
+
+template <typename T>
+static int launch_decode_dt(const DecodeParams& p, int B, int gqa, int phases, cudaStream_t stream) {
+  switch (gqa) {
+    case 1: launch_decode_t<T, 1>(p, B, phases, stream); break;
+    case 2: launch_decode_t<T, 2>(p, B, phases, stream); break;
+    case 4: launch_decode_t<T, 4>(p, B, phases, stream); break;
+    case 8: launch_decode_t<T, 8>(p, B, phases, stream); break;
+    default: return static_cast<int>(cudaErrorInvalidValue);
+  }
+  return static_cast<int>(cudaGetLastError());
+}
+
+int launch_decode(const void* q, const uint8_t* kdata, const uint8_t* vdata, const float* norms, const int* qlen,
+                  const void* rk, const void* rv, const int* rlen, float* pm, float* pl, float* po, void* out,
+                  int B, int Hkv, int gqa, int Gcap, int Tcap, int R, int nsplit, int gps, float scale_log2,
+                  int dtype, int phases, cudaStream_t stream) {
+  DecodeParams p{q, kdata, vdata, norms, qlen, rk, rv, rlen, pm, pl, po, out, Hkv, Gcap, Tcap, R, nsplit, gps,
+                 scale_log2, phases & 12};
+  if (dtype == 0) return launch_decode_dt<__nv_bfloat16>(p, B, gqa, phases, stream);
+  return launch_decode_dt<__half>(p, B, gqa, phases, stream);
+}
+
+int decode_smem_bytes() { return kDecodeSmem; }
+
+}  // namespace oscar

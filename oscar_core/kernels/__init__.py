@@ -1,0 +1,558 @@
+"""CUDA kernels for OScaR INT2 (csrc/), with pure-PyTorch fallbacks of the same signature and layout.
+
+Functions (all take and return the packed layout of :mod:`oscar_core.kernels.layout`):
+
+* :func:`pack_oscar_keys` ``k [N, H, T, 128]`` post-RoPE, *unrotated* keys (bf16/fp16, ``T`` a
+  multiple of 32) -> :class:`KernelKeys`: Hadamard per head, fp32 token norm over all kv heads,
+  per-channel groups of 32 tokens, integer zero point, 2 bits; one fused kernel.
+* :func:`pack_values` ``v [N, H, T, 128]`` (already rotated by the fused ``v_proj``) ->
+  :class:`KernelValues`: per-token groups of 32 channels, integer zero point, 2 bits.
+* :func:`decode_attention` one query token per sequence against the packed cache plus the
+  full-precision residual window: split-KV, GQA, per-sequence device-side lengths, no host
+  synchronisation and fixed shapes (CUDA-graph capturable).
+* :func:`from_reference_blocks` / :func:`to_reference_blocks` convert between the reference Block
+  dicts of :class:`oscar_core.methods.oscar.OScaRSpec` and this layout, bit for bit.
+
+The CUDA path is used when :func:`available` is true and the tensors live on a CUDA device; the
+extension is built just in time (``torch.utils.cpp_extension.load``, ninja) on first use and cached
+in ``TORCH_EXTENSIONS_DIR``. Everything else runs the PyTorch fallbacks, whose numerics are the
+reference quantizer's (:mod:`oscar_core.quant`), the oracle of the GPU tests.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from oscar_core.hadamard import hadamard_transform
+from oscar_core.kernels.layout import (
+    BLOCK_BYTES,
+    GROUP,
+    HEAD_DIM,
+    META_OFFSET,
+    ZERO_BIAS,
+    block_bytes_to_codes,
+    codes_to_block_bytes,
+    meta_fp16,
+    meta_to_stored,
+)
+from oscar_core.quant import pack_codes, unpack_codes
+
+__all__ = [
+    "BLOCK_BYTES",
+    "GROUP",
+    "HEAD_DIM",
+    "DecodeWorkspace",
+    "KernelKeys",
+    "KernelValues",
+    "alloc_keys",
+    "alloc_values",
+    "available",
+    "choose_splits",
+    "decode_attention",
+    "decode_attention_reference",
+    "dequantize_keys",
+    "dequantize_values",
+    "from_reference_blocks",
+    "make_decode_workspace",
+    "pack_oscar_keys",
+    "pack_values",
+    "to_reference_blocks",
+    "unavailable_reason",
+]
+
+_CSRC = Path(__file__).resolve().parents[2] / "csrc"
+_WARPS_PER_CTA = 4  # must match kNW in csrc/oscar_kernels.cu
+_CTAS_PER_SM = 4
+
+_lock = threading.Lock()
+_ext: Any = None
+_reason: str | None = None
+
+
+def _load() -> Any:
+    """Build (once) and return the extension module, or None; sets the one-line reason on failure."""
+    global _ext, _reason
+    with _lock:
+        if _ext is not None or _reason is not None:
+            return _ext
+        if os.environ.get("OSCAR_DISABLE_KERNELS"):
+            _reason = "disabled by OSCAR_DISABLE_KERNELS"
+            return None
+        if not torch.cuda.is_available():
+            _reason = "no CUDA device"
+            return None
+        major, _minor = torch.cuda.get_device_capability()
+        if major < 8:
+            _reason = f"compute capability {major}.x < 8.0 (mma.m16n8k16 f16 needs sm_80+)"
+            return None
+        from torch.utils import cpp_extension
+
+        nvcc = shutil.which("nvcc")
+        if cpp_extension.CUDA_HOME is None and nvcc is None:
+            _reason = "no nvcc (CUDA_HOME unset and nvcc not on PATH)"
+            return None
+        if not (_CSRC / "oscar_kernels.cu").exists():
+            _reason = f"CUDA sources not found under {_CSRC}"
+            return None
+        flags = ["-O3", "-lineinfo", "-gencode=arch=compute_80,code=compute_80"]
+        if major == 9:
+            flags.insert(0, "-gencode=arch=compute_90a,code=sm_90a")
+        if os.environ.get("OSCAR_KERNELS_VERBOSE"):
+            flags.append("-Xptxas=-v")
+        # build-time variants for experiments, e.g. OSCAR_KERNELS_DEFINES="OSCAR_V_HSUB=1"
+        defines = [d for d in os.environ.get("OSCAR_KERNELS_DEFINES", "").split(",") if d]
+        flags += [f"-D{d}" for d in defines]
+        suffix = "".join("_" + "".join(ch for ch in d if ch.isalnum()) for d in defines)
+        try:
+            _ext = cpp_extension.load(
+                name=f"oscar_kernels_sm{major}x{suffix}",
+                sources=[str(_CSRC / "oscar_bindings.cpp"), str(_CSRC / "oscar_kernels.cu")],
+                extra_cflags=["-O3"],
+                extra_cuda_cflags=flags,
+                verbose=bool(os.environ.get("OSCAR_KERNELS_VERBOSE")),
+            )
+        except Exception as exc:  # build or load error: keep the fallbacks working
+            lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+            errs = [ln for ln in lines if "error" in ln.lower()]
+            _reason = "build error: " + (errs[0] if errs else lines[0] if lines else type(exc).__name__)[:300]
+            return None
+        return _ext
+
+
+def available() -> bool:
+    """True when the CUDA extension is built (or builds now) and a suitable GPU is present."""
+    return _load() is not None
+
+
+def unavailable_reason() -> str:
+    """One line: why :func:`available` is false ('' when it is true)."""
+    _load()
+    return _reason or ""
+
+
+def _use_cuda(*tensors: torch.Tensor, force_fallback: bool) -> bool:
+    return not force_fallback and all(t.is_cuda for t in tensors) and available()
+
+
+# -------------------------------------------------------------------------------------------------
+# Packed containers
+# -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class KernelKeys:
+    """Packed OScaR keys: ``data`` uint8 ``[N, H, G, 1536]``, ``norm`` fp32 ``[N, >= G*32]``."""
+
+    data: torch.Tensor
+    norm: torch.Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        return self.data.shape[2] * GROUP
+
+    def copy_into(self, dst: KernelKeys, token_start: int) -> None:
+        """Write these tokens into a larger (capacity) buffer at ``token_start`` (a multiple of 32)."""
+        if token_start % GROUP:
+            raise ValueError(f"token_start {token_start} is not a multiple of {GROUP}")
+        g0, n = token_start // GROUP, self.data.shape[2]
+        dst.data[:, :, g0 : g0 + n].copy_(self.data)
+        dst.norm[:, token_start : token_start + n * GROUP].copy_(self.norm[:, : n * GROUP])
+
+
+@dataclass
+class KernelValues:
+    """Packed values: ``data`` uint8 ``[N, H, G, 1536]``."""
+
+    data: torch.Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        return self.data.shape[2] * GROUP
+
+    def copy_into(self, dst: KernelValues, token_start: int) -> None:
+        if token_start % GROUP:
+            raise ValueError(f"token_start {token_start} is not a multiple of {GROUP}")
+        g0, n = token_start // GROUP, self.data.shape[2]
+        dst.data[:, :, g0 : g0 + n].copy_(self.data)
+
+
+def alloc_keys(batch: int, kv_heads: int, capacity: int, device: torch.device | str) -> KernelKeys:
+    """A zeroed capacity buffer for ``capacity`` tokens (rounded up to 32); norms start at 1."""
+    g = -(-capacity // GROUP)
+    return KernelKeys(
+        torch.zeros(batch, kv_heads, g, BLOCK_BYTES, dtype=torch.uint8, device=device),
+        torch.ones(batch, g * GROUP, dtype=torch.float32, device=device),
+    )
+
+
+def alloc_values(batch: int, kv_heads: int, capacity: int, device: torch.device | str) -> KernelValues:
+    g = -(-capacity // GROUP)
+    return KernelValues(torch.zeros(batch, kv_heads, g, BLOCK_BYTES, dtype=torch.uint8, device=device))
+
+
+def _check_kv(x: torch.Tensor, what: str) -> None:
+    if x.dim() != 4 or x.shape[-1] != HEAD_DIM:
+        raise ValueError(f"{what} must be [N, H, T, {HEAD_DIM}], got {tuple(x.shape)}")
+    if x.shape[2] % GROUP:
+        raise ValueError(f"{what}: {x.shape[2]} tokens is not a multiple of {GROUP}")
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"{what} must be bfloat16 or float16, got {x.dtype}")
+
+
+# -------------------------------------------------------------------------------------------------
+# Converters between reference Block dicts and the kernel layout
+# -------------------------------------------------------------------------------------------------
+
+
+def _keys_ref_to_data(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    n, h, g, d, _ = codes.shape
+    c = unpack_codes(codes, 2)  # [N, H, G, D, 32] (channel, token)
+    tc = c.transpose(-1, -2)  # [N, H, G, 32, D]
+    out = torch.empty(n, h, g, BLOCK_BYTES, dtype=torch.uint8, device=codes.device)
+    out[..., :META_OFFSET] = codes_to_block_bytes(tc, keys=True)
+    out[..., META_OFFSET : META_OFFSET + 256] = meta_to_stored(scale, True).contiguous().view(torch.uint8)
+    out[..., META_OFFSET + 256 :] = meta_to_stored(_bias_zero(zero), True).contiguous().view(torch.uint8)
+    return out
+
+
+def _bias_zero(zero: torch.Tensor) -> torch.Tensor:
+    """Reference fp16 zero point z -> stored fp16 ``1024 + z`` (exact: the scale floor keeps |z| <= 1024)."""
+    return (zero.float() + ZERO_BIAS).half()
+
+
+def _unbias_zero(zz: torch.Tensor) -> torch.Tensor:
+    return (zz.float() - ZERO_BIAS).half()
+
+
+def _values_ref_to_data(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    n, h, t, ng, _ = codes.shape
+    g = t // GROUP
+    c = unpack_codes(codes, 2).reshape(n, h, g, GROUP, HEAD_DIM)  # (token, channel)
+    out = torch.empty(n, h, g, BLOCK_BYTES, dtype=torch.uint8, device=codes.device)
+    out[..., :META_OFFSET] = codes_to_block_bytes(c, keys=False)
+    s = scale.reshape(n, h, g, GROUP, ng).transpose(-1, -2).contiguous()  # [.., 4 groups, 32 tokens]
+    z = _bias_zero(zero).reshape(n, h, g, GROUP, ng).transpose(-1, -2).contiguous()
+    out[..., META_OFFSET : META_OFFSET + 256] = (
+        meta_to_stored(s.view(n, h, g, -1), False).contiguous().view(torch.uint8)
+    )
+    out[..., META_OFFSET + 256 :] = meta_to_stored(z.view(n, h, g, -1), False).contiguous().view(torch.uint8)
+    return out
+
+
+def from_reference_blocks(
+    key_block: dict[str, torch.Tensor] | None, value_block: dict[str, torch.Tensor] | None
+) -> tuple[KernelKeys | None, KernelValues | None]:
+    """Reference OScaR blocks (``OScaRSpec().encode_keys`` / ``encode_values``) -> kernel layout.
+
+    Key block: ``codes`` uint8 ``[N, H, T/32, 128, 8]``, ``scale``/``zero`` fp16 ``[N, H, T/32, 128]``,
+    ``norm`` fp32 ``[N, T]``. Value block: ``codes`` ``[N, H, T, 4, 8]``, ``scale``/``zero``
+    ``[N, H, T, 4]``. Either may be None.
+    """
+    keys = values = None
+    if key_block is not None:
+        codes = key_block["codes"]
+        if codes.dim() != 5 or codes.shape[-2:] != (HEAD_DIM, GROUP // 4):
+            raise ValueError(f"key codes must be [N, H, T/32, 128, 8], got {tuple(codes.shape)}")
+        if "norm" not in key_block:
+            raise ValueError("the key block has no 'norm': the kernels need OScaR's token scaling")
+        data = _keys_ref_to_data(codes, key_block["scale"], key_block["zero"])
+        keys = KernelKeys(data, key_block["norm"].float().contiguous())
+    if value_block is not None:
+        codes = value_block["codes"]
+        if codes.dim() != 5 or codes.shape[-2:] != (HEAD_DIM // GROUP, GROUP // 4) or codes.shape[2] % GROUP:
+            raise ValueError(
+                f"value codes must be [N, H, T, 4, 8] with T % 32 == 0, got {tuple(codes.shape)}"
+            )
+        values = KernelValues(_values_ref_to_data(codes, value_block["scale"], value_block["zero"]))
+    return keys, values
+
+
+def to_reference_blocks(
+    keys: KernelKeys | None, values: KernelValues | None
+) -> tuple[dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None]:
+    """Inverse of :func:`from_reference_blocks` (bit for bit)."""
+    kb = vb = None
+    if keys is not None:
+        d = keys.data
+        n, h, g, _ = d.shape
+        tc = block_bytes_to_codes(d[..., :META_OFFSET], keys=True)  # [N, H, G, 32, D]
+        scale, zz = meta_fp16(d, True)
+        kb = {
+            "codes": pack_codes(tc.transpose(-1, -2).contiguous(), 2),
+            "scale": scale,
+            "zero": _unbias_zero(zz),
+            "norm": keys.norm[:, : g * GROUP].contiguous(),
+        }
+    if values is not None:
+        d = values.data
+        n, h, g, _ = d.shape
+        tc = block_bytes_to_codes(d[..., :META_OFFSET], keys=False)  # [N, H, G, 32, D]
+        codes = tc.reshape(n, h, g * GROUP, HEAD_DIM // GROUP, GROUP)
+        scale, zz = meta_fp16(d, False)  # [N, H, G, 4*32]
+        zero = _unbias_zero(zz)
+        vb = {
+            "codes": pack_codes(codes, 2),
+            "scale": scale.view(n, h, g, 4, GROUP).transpose(-1, -2).reshape(n, h, g * GROUP, 4).contiguous(),
+            "zero": zero.view(n, h, g, 4, GROUP).transpose(-1, -2).reshape(n, h, g * GROUP, 4).contiguous(),
+        }
+    return kb, vb
+
+
+# -------------------------------------------------------------------------------------------------
+# Pack
+# -------------------------------------------------------------------------------------------------
+
+
+def _spec():
+    from oscar_core.methods.oscar import OScaRSpec
+
+    return OScaRSpec()
+
+
+def pack_oscar_keys(k: torch.Tensor, *, force_fallback: bool = False) -> KernelKeys:
+    """Post-RoPE unrotated keys ``[N, H, T, 128]`` -> packed OScaR keys (rotation + token norm fused).
+
+    Numerics are the reference's: ``OScaRSpec().encode_keys(hadamard_transform(k))`` (the rotation
+    rounds to ``k.dtype`` as the reference's does).
+    """
+    _check_kv(k, "keys")
+    n, h, t, _ = k.shape
+    if _use_cuda(k, force_fallback=force_fallback):
+        ext = _ext
+        kc = k.contiguous()
+        data = torch.empty(n, h, t // GROUP, BLOCK_BYTES, dtype=torch.uint8, device=k.device)
+        norm = torch.empty(n, t, dtype=torch.float32, device=k.device)
+        ext.pack_keys(kc, data, norm)
+        return KernelKeys(data, norm)
+    kb, _ = from_reference_blocks(_spec().encode_keys(hadamard_transform(k)), None)
+    assert kb is not None
+    return kb
+
+
+def pack_values(v: torch.Tensor, *, force_fallback: bool = False) -> KernelValues:
+    """Values ``[N, H, T, 128]`` (in the cache basis, i.e. already rotated) -> packed values."""
+    _check_kv(v, "values")
+    n, h, t, _ = v.shape
+    if _use_cuda(v, force_fallback=force_fallback):
+        data = torch.empty(n, h, t // GROUP, BLOCK_BYTES, dtype=torch.uint8, device=v.device)
+        _ext.pack_values(v.contiguous(), data)
+        return KernelValues(data)
+    _, vb = from_reference_blocks(None, _spec().encode_values(v))
+    assert vb is not None
+    return vb
+
+
+# -------------------------------------------------------------------------------------------------
+# Dequantization (fallback decode, tests)
+# -------------------------------------------------------------------------------------------------
+
+
+def dequantize_keys(keys: KernelKeys, with_norm: bool = True) -> torch.Tensor:
+    """fp32 ``[N, H, G*32, 128]`` attention-basis keys (``k_hat * norm`` when ``with_norm``)."""
+    d = keys.data
+    n, h, g, _ = d.shape
+    codes = block_bytes_to_codes(d[..., :META_OFFSET], keys=True).float()  # [N, H, G, 32, D]
+    scale, zz = meta_fp16(d, True)
+    k = scale.float().unsqueeze(-2) * (codes - (zz.float() - ZERO_BIAS).unsqueeze(-2))
+    k = k.reshape(n, h, g * GROUP, HEAD_DIM)
+    if with_norm:
+        k = k * keys.norm[:, None, : g * GROUP, None]
+    return k
+
+
+def dequantize_values(values: KernelValues) -> torch.Tensor:
+    """fp32 ``[N, H, G*32, 128]`` values (cache basis)."""
+    d = values.data
+    n, h, g, _ = d.shape
+    codes = block_bytes_to_codes(d[..., :META_OFFSET], keys=False).float()  # [N, H, G, 32 tok, 128 ch]
+    scale, zz = meta_fp16(d, False)  # [.., 4*32] as [group][token]
+    s = scale.float().view(n, h, g, 4, GROUP).transpose(-1, -2).repeat_interleave(GROUP, dim=-1)
+    z = (zz.float() - ZERO_BIAS).view(n, h, g, 4, GROUP).transpose(-1, -2).repeat_interleave(GROUP, dim=-1)
+    return (s * (codes - z)).reshape(n, h, g * GROUP, HEAD_DIM)
+
+
+# -------------------------------------------------------------------------------------------------
+# Decode attention
+# -------------------------------------------------------------------------------------------------
+
+
+def choose_splits(batch: int, kv_heads: int, groups: int, sm_count: int) -> tuple[int, int]:
+    """Host-side split-KV choice from the *capacity* (never from lengths): ``(num_splits, groups_per_split)``."""
+    if groups <= 0:
+        return 1, _WARPS_PER_CTA
+    target = _CTAS_PER_SM * sm_count
+    splits = max(1, -(-target // max(1, batch * kv_heads)))
+    splits = min(splits, -(-groups // _WARPS_PER_CTA))
+    gps = -(-groups // splits)
+    gps = -(-gps // _WARPS_PER_CTA) * _WARPS_PER_CTA
+    return -(-groups // gps), gps
+
+
+_SM_COUNT: dict[int, int] = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 132  # only shapes the (unused) split choice of CPU workspaces
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx]
+
+
+def decode_attention_reference(
+    q: torch.Tensor,
+    keys: KernelKeys,
+    values: KernelValues,
+    qlens: torch.Tensor,
+    res_k: torch.Tensor,
+    res_v: torch.Tensor,
+    rlens: torch.Tensor,
+    softmax_scale: float | None = None,
+) -> torch.Tensor:
+    """float32 reference of :func:`decode_attention` on the same packed data (returns fp32)."""
+    b, hq, d = q.shape
+    hkv = keys.data.shape[1]
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
+    qr = hadamard_transform(q.float()).view(b, hkv, hq // hkv, d)
+    k = dequantize_keys(keys)  # [B, Hkv, Tq, D]
+    v = dequantize_values(values)
+    kk = torch.cat([k, res_k.float()], dim=2)
+    vv = torch.cat([v, res_v.float()], dim=2)
+    tq, r = k.shape[2], res_k.shape[2]
+    pos_q = torch.arange(tq, device=q.device)
+    pos_r = torch.arange(r, device=q.device)
+    valid = torch.cat(
+        [pos_q[None] < qlens.to(q.device).view(b, 1), pos_r[None] < rlens.to(q.device).view(b, 1)], dim=1
+    )  # [B, Tq + R]
+    s = torch.einsum("bhgd,bhtd->bhgt", qr, kk) * scale
+    s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
+    p = torch.softmax(s, dim=-1)
+    p = torch.nan_to_num(p, nan=0.0)  # a sequence with no tokens at all
+    out = torch.einsum("bhgt,bhtd->bhgd", p, vv)
+    return out.reshape(b, hq, d)
+
+
+@dataclass
+class DecodeWorkspace:
+    """Fixed buffers of one :func:`decode_attention` configuration (reuse them across steps and in CUDA
+    graphs): the splits' partial softmax states ``pm``/``pl`` ``[B, Hq, S]`` and ``po``
+    ``[B, Hq, S, 128]`` (fp32), ``S`` = quantized splits + one per 32 residual tokens."""
+
+    pm: torch.Tensor
+    pl: torch.Tensor
+    po: torch.Tensor
+    num_splits: int
+    groups_per_split: int
+
+
+def _splits_for(b: int, hkv: int, gcap: int, num_splits: int | None, device: torch.device) -> tuple[int, int]:
+    if num_splits is None:
+        return choose_splits(b, hkv, gcap, _sm_count(device))
+    nsplit = max(1, min(num_splits, max(1, gcap)))
+    gps = max(1, -(-gcap // nsplit))
+    return max(1, -(-gcap // gps)), gps
+
+
+def make_decode_workspace(
+    q_heads: int,
+    keys: KernelKeys,
+    residual_capacity: int,
+    *,
+    num_splits: int | None = None,
+) -> DecodeWorkspace:
+    """Allocate the workspace for ``q_heads`` query heads over ``keys``' capacity and ``residual_capacity``
+    (the ``R`` of the residual buffers). Allocate it outside graph capture and keep it alive."""
+    b, hkv, gcap, _ = keys.data.shape
+    dev = keys.data.device
+    nsplit, gps = _splits_for(b, hkv, gcap, num_splits, dev)
+    s = nsplit + -(-residual_capacity // GROUP)  # quantized splits + one per 32 residual tokens
+    return DecodeWorkspace(
+        pm=torch.empty(b, q_heads, s, dtype=torch.float32, device=dev),
+        pl=torch.empty(b, q_heads, s, dtype=torch.float32, device=dev),
+        po=torch.empty(b, q_heads, s, HEAD_DIM, dtype=torch.float32, device=dev),
+        num_splits=nsplit,
+        groups_per_split=gps,
+    )
+
+
+def decode_attention(
+    q: torch.Tensor,
+    keys: KernelKeys,
+    values: KernelValues,
+    qlens: torch.Tensor,
+    res_k: torch.Tensor,
+    res_v: torch.Tensor,
+    rlens: torch.Tensor,
+    softmax_scale: float | None = None,
+    *,
+    num_splits: int | None = None,
+    out: torch.Tensor | None = None,
+    workspace: DecodeWorkspace | None = None,
+    force_fallback: bool = False,
+    _phases: int = 3,
+) -> torch.Tensor:
+    """One decode step of attention for ``B`` sequences over packed keys/values + the residual window.
+
+    ``q`` ``[B, Hq, 128]`` bf16/fp16, *unrotated* (the Hadamard is applied inside); ``keys``/``values``
+    capacity buffers ``[B, Hkv, Gcap, 1536]`` (norms ``[B, >= Gcap*32]``); ``qlens`` int32 ``[B]``
+    quantized tokens per sequence (multiples of 32, at most ``Gcap*32``); ``res_k``/``res_v``
+    ``[B, Hkv, R, 128]`` (q's dtype) the full-precision window, keys *rotated* and unscaled; ``rlens``
+    int32 ``[B]`` (at most ``R``). Returns ``[B, Hq, 128]`` in q's dtype: softmax over all valid
+    tokens of ``(q_rot . k) * scale`` (quantized keys times their token norm), times the values
+    (cache basis). Lengths are read on the device: no host synchronisation, capturable in a graph.
+    GQA groups other than 1, 2, 4, 8 (and CPU tensors) take the float32 PyTorch path.
+
+    Two launches: the split-KV kernel (quantized splits plus one CTA per 32 residual tokens, every CTA
+    one kv head with its whole GQA group) writes partial softmax states; a small kernel combines them.
+    Pass a :func:`make_decode_workspace` ``workspace`` to reuse fixed buffers across steps (without one,
+    the partial buffers are allocated per call, which graph capture also handles).
+    """
+    if q.dim() != 3 or q.shape[-1] != HEAD_DIM:
+        raise ValueError(f"q must be [B, Hq, {HEAD_DIM}], got {tuple(q.shape)}")
+    b, hq, d = q.shape
+    hkv = keys.data.shape[1]
+    if hq % hkv:
+        raise ValueError(f"{hq} query heads is not a multiple of {hkv} kv heads")
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
+    gqa = hq // hkv
+    if _use_cuda(q, keys.data, force_fallback=force_fallback) and gqa in (1, 2, 4, 8):
+        ws = workspace
+        if ws is None:
+            ws = make_decode_workspace(hq, keys, res_k.shape[2], num_splits=num_splits)
+        elif ws.pm.shape != (b, hq, ws.num_splits + -(-res_k.shape[2] // GROUP)):
+            raise ValueError("the decode workspace does not match these shapes (make a new one)")
+        if out is None:
+            out = torch.empty_like(q)
+        _ext.decode(
+            q.contiguous(),
+            keys.data,
+            values.data,
+            keys.norm,
+            qlens.to(torch.int32),
+            res_k.contiguous(),
+            res_v.contiguous(),
+            rlens.to(torch.int32),
+            ws.pm,
+            ws.pl,
+            ws.po,
+            out,
+            ws.num_splits,
+            ws.groups_per_split,
+            scale * math.log2(math.e),
+            _phases,  # 1: split kernel, 2: combine kernel; 4/8: diagnostics (loads only / math only)
+        )
+        return out
+    res = decode_attention_reference(q, keys, values, qlens, res_k, res_v, rlens, scale).to(q.dtype)
+    if out is not None:
+        out.copy_(res)
+        return out
+    return res

@@ -1,0 +1,146 @@
+"""GPU tests of the CUDA kernels against the reference quantizer and the float32 attention reference.
+
+Skipped without CUDA (CI is CPU-only); run on a GPU machine with ``pytest -m gpu tests/kernels``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from oscar_core import kernels as K
+from oscar_core.hadamard import hadamard_transform
+from oscar_core.kernels.layout import block_bytes_to_codes, meta_fp16
+from oscar_core.methods.oscar import OScaRSpec
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _need_kernels():
+    if torch.cuda.is_available() and not K.available():
+        pytest.fail(f"CUDA present but the kernels did not build: {K.unavailable_reason()}")
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator(device="cuda").manual_seed(seed)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(1, 8, 512), (2, 4, 96), (3, 1, 32)])
+def test_pack_matches_reference_quantizer(dtype, shape):
+    n, h, t = shape
+    g = _gen(t + h)
+    k = (torch.randn(n, h, t, 128, device="cuda", generator=g) * 3 + 0.5).to(dtype)
+    k[..., 5] *= 20.0  # an outlier channel
+    v = (torch.randn(n, h, t, 128, device="cuda", generator=g) + 0.1).to(dtype)
+    v[:, :, 3] = 0.7  # a constant token: the scale floor path
+    spec = OScaRSpec()
+    kb = spec.encode_keys(hadamard_transform(k))
+    vb = spec.encode_values(v)
+    ref_k, ref_v = K.from_reference_blocks(kb, vb)
+    got_k, got_v = K.pack_oscar_keys(k), K.pack_values(v)
+    assert got_k.data.shape == ref_k.data.shape and got_v.data.shape == ref_v.data.shape
+    # values involve no reduction order: bit-identical
+    assert torch.equal(got_v.data, ref_v.data)
+    # keys: the token norm is summed in another order; only rounding ties may differ
+    torch.testing.assert_close(got_k.norm, ref_k.norm, rtol=2e-6, atol=0)
+    rc = block_bytes_to_codes(ref_k.data[..., :1024], True)
+    gc = block_bytes_to_codes(got_k.data[..., :1024], True)
+    assert (rc != gc).float().mean().item() < 1e-3
+    rs, rz = meta_fp16(ref_k.data, True)
+    gs, gz = meta_fp16(got_k.data, True)
+    assert (rs != gs).float().mean().item() < 1e-3 and (rz != gz).float().mean().item() < 1e-3
+
+
+def _setup(b, hq, hkv, cap, r, seed, dtype=torch.bfloat16):
+    g = _gen(seed)
+    keys = K.pack_oscar_keys((torch.randn(b, hkv, cap, 128, device="cuda", generator=g) * 2).to(dtype))
+    values = K.pack_values(torch.randn(b, hkv, cap, 128, device="cuda", generator=g).to(dtype))
+    rk = hadamard_transform(torch.randn(b, hkv, r, 128, device="cuda", generator=g).to(dtype))
+    rv = torch.randn(b, hkv, r, 128, device="cuda", generator=g).to(dtype)
+    q = (torch.randn(b, hq, 128, device="cuda", generator=g) * 2).to(dtype)
+    return q, keys, values, rk, rv
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("hq", "hkv"), [(32, 8), (8, 8), (16, 8), (8, 1)])
+def test_decode_matches_float32_reference(dtype, hq, hkv):
+    b, cap, r = 3, 2048, 128
+    q, keys, values, rk, rv = _setup(b, hq, hkv, cap, r, seed=hq * 10 + hkv, dtype=dtype)
+    ql = torch.tensor([2048, 1024 + 32, 0], dtype=torch.int32, device="cuda")
+    rl = torch.tensor([0, 37, 128], dtype=torch.int32, device="cuda")
+    out = torch.full_like(q, float("nan"))
+    K.decode_attention(q, keys, values, ql, rk, rv, rl, out=out)
+    ref = K.decode_attention_reference(q, keys, values, ql, rk, rv, rl)
+    assert torch.isfinite(out).all()
+    for i in range(b):
+        err = (out[i].float() - ref[i]).norm() / ref[i].norm()
+        assert err < 1e-2, (i, err.item())
+    # the fallback computes the same function
+    fb = K.decode_attention(q, keys, values, ql, rk, rv, rl, force_fallback=True)
+    assert ((fb.float() - out.float()).norm() / fb.float().norm()) < 1e-2
+
+
+def test_decode_many_splits_and_empty_sequence():
+    b, hq, hkv, cap, r = 2, 32, 8, 8192, 16
+    q, keys, values, rk, rv = _setup(b, hq, hkv, cap, r, seed=7)
+    ql = torch.tensor([8192, 0], dtype=torch.int32, device="cuda")
+    rl = torch.tensor([16, 0], dtype=torch.int32, device="cuda")
+    for splits in (1, 3, 64, 256):
+        out = K.decode_attention(q, keys, values, ql, rk, rv, rl, num_splits=splits)
+        ref = K.decode_attention_reference(q, keys, values, ql, rk, rv, rl)
+        assert ((out[0].float() - ref[0]).norm() / ref[0].norm()) < 1e-2, splits
+        assert torch.equal(out[1], torch.zeros_like(out[1]))  # no tokens at all: zeros, not NaN
+
+
+def test_decode_is_graph_capturable_with_device_lengths():
+    b, hq, hkv, cap, r = 2, 32, 8, 1024, 128
+    q, keys, values, rk, rv = _setup(b, hq, hkv, cap, r, seed=11)
+    ql = torch.tensor([1024, 512], dtype=torch.int32, device="cuda")
+    rl = torch.tensor([3, 100], dtype=torch.int32, device="cuda")
+    out = torch.empty_like(q)
+    ws = K.make_decode_workspace(hq, keys, r)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        K.decode_attention(q, keys, values, ql, rk, rv, rl, out=out, workspace=ws)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        K.decode_attention(q, keys, values, ql, rk, rv, rl, out=out, workspace=ws)
+    for new_q, new_r in (([64, 1024], [128, 0]), ([992, 32], [1, 77]), ([64, 1024], [128, 0])):
+        ql.copy_(torch.tensor(new_q, dtype=torch.int32))
+        rl.copy_(torch.tensor(new_r, dtype=torch.int32))
+        out.fill_(float("nan"))
+        graph.replay()
+        ref = K.decode_attention_reference(q, keys, values, ql, rk, rv, rl)
+        assert ((out.float() - ref).norm() / ref.norm()) < 1e-2
+
+
+def test_decode_workspace_reuse_is_deterministic():
+    b, hq, hkv, cap, r = 1, 32, 8, 4096, 128
+    q, keys, values, rk, rv = _setup(b, hq, hkv, cap, r, seed=12)
+    ql = torch.tensor([4096], dtype=torch.int32, device="cuda")
+    rl = torch.tensor([100], dtype=torch.int32, device="cuda")
+    ws = K.make_decode_workspace(hq, keys, r)
+    first = K.decode_attention(q, keys, values, ql, rk, rv, rl, workspace=ws)
+    for _ in range(5):
+        again = K.decode_attention(q, keys, values, ql, rk, rv, rl, workspace=ws)
+        assert torch.equal(again, first)
+
+
+def test_converters_roundtrip_on_gpu_pack():
+    g = _gen(3)
+    k = torch.randn(1, 8, 256, 128, device="cuda", generator=g).to(torch.bfloat16)
+    v = torch.randn(1, 8, 256, 128, device="cuda", generator=g).to(torch.bfloat16)
+    keys, values = K.pack_oscar_keys(k), K.pack_values(v)
+    kb, vb = K.to_reference_blocks(keys, values)
+    spec = OScaRSpec()
+    k_hat = spec.decode_keys(kb, torch.float32)
+    torch.testing.assert_close(k_hat, K.dequantize_keys(keys), rtol=0, atol=0)
+    k2, v2 = K.from_reference_blocks(kb, vb)
+    assert torch.equal(k2.data, keys.data) and torch.equal(v2.data, values.data)
