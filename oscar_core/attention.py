@@ -46,6 +46,11 @@ def packed_kv_attention(module, query, key, value, attention_mask, **kwargs):
     pad = None
     if layer.has_pending_prompt:
         pad = left_padding_from_mask(attention_mask, key.shape[0], key.shape[-2])
+    kernel = getattr(layer, "kernel_attention", None)
+    if kernel is not None:  # one decode step straight from the packed cache (oscar_core.kernel_cache)
+        out = kernel(query, kwargs.get("scaling"))
+        if out is not None:
+            return out, None
     query = layer.spec.query_to_attention(query)
     key, value = layer.attention_inputs(key, value, pad)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)

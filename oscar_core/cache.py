@@ -384,9 +384,12 @@ class QuantizedKVCache(Cache):
 
     def __init__(self, spec: MethodSpec, num_layers: int, attention_modules: dict[int, torch.nn.Module],
                  fake_quant: bool = False, head_shape: tuple[int, int] | None = None,
-                 layer_states: list[dict] | None = None):
+                 layer_states: list[dict] | None = None, layer_cls: type[PackedKVLayer] | None = None,
+                 **layer_kwargs):
         shared = layer_states if layer_states is not None else [{} for _ in range(num_layers)]
-        super().__init__(layers=[PackedKVLayer(spec, fake_quant, LayerState(i, shared[i])) for i in range(num_layers)])
+        cls = layer_cls or PackedKVLayer
+        super().__init__(layers=[cls(spec, fake_quant, LayerState(i, shared[i]), **layer_kwargs)
+                                 for i in range(num_layers)])
         self.spec = spec
         self.fake_quant = fake_quant
         self._attention_modules = attention_modules
@@ -442,20 +445,35 @@ class FullPrecisionCache(DynamicCache):
                 "compression": 1.0 if held else None, "seq_len": self.get_seq_length()}
 
 
-def make_cache(model: torch.nn.Module, method: str | MethodSpec = "oscar", fake_quant: bool = False, **overrides):
+def make_cache(model: torch.nn.Module, method: str | MethodSpec = "oscar", fake_quant: bool = False,
+               kernels: str = "auto", **overrides):
     """Prepare ``model`` for ``method`` (once; idempotent) and return a fresh transformers Cache.
 
     ``fake_quant=True`` stores dequantized tensors instead of packed codes (same numerics; for
     research and checks). Overrides are method parameters, e.g. ``residual_length=64``.
+
+    ``kernels``: ``"auto"`` stores OScaR INT2 in the CUDA decode kernel's layout and attends through
+    the kernel when the model is on a GPU and the extension builds (else the reference path, with a
+    one-line notice why); ``"on"`` requires that (error otherwise); ``"fallback"`` uses the kernel
+    layout with the kernels' PyTorch fallbacks (any device; for checks); ``"off"`` the reference path.
     """
     from oscar_core.model import prepare_model
 
+    if kernels not in ("auto", "on", "off", "fallback"):
+        raise ValueError(f"kernels must be 'auto', 'on', 'off' or 'fallback', got {kernels!r}")
     spec = get_method(method, **overrides)
     info = prepare_model(model, spec)
     if not spec.quantizes:
         return FullPrecisionCache(config=info.text_config)
+    layer_cls, layer_kwargs = None, {}
+    if kernels != "off" and not fake_quant:
+        from oscar_core.kernel_cache import kernel_layer_for
+
+        device = next(model.parameters()).device
+        layer_cls, layer_kwargs = kernel_layer_for(spec, info.head_dim, device, kernels)
     return QuantizedKVCache(spec, info.num_layers, info.attention_modules, fake_quant,
-                            (info.num_kv_heads, info.head_dim), spec.init_layer_states(model, info))
+                            (info.num_kv_heads, info.head_dim), spec.init_layer_states(model, info),
+                            layer_cls, **layer_kwargs)
 
 
 __all__ = ["FullPrecisionCache", "PackedKVLayer", "QuantizedKVCache", "make_cache"]
