@@ -56,4 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the package module so that UserError is the class the commands raise.
+    from oscar_eval.cli import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,7 @@
+"""`python -m oscar_eval` = `oscar-eval`."""
+
+import sys
+
+from oscar_eval.cli import main
+
+sys.exit(main())
