@@ -188,8 +188,11 @@ class PackedKVLayer(CacheLayerMixin):
         batch = x.shape[0]
         if max(s.buf_len) + 1 > s.buf.shape[2]:
             s.buf = torch.cat([s.buf, s.buf.new_zeros(batch, s.buf.shape[1], 1, s.buf.shape[3])], dim=2)
-        idx = torch.tensor(s.buf_len, device=x.device)
-        s.buf[torch.arange(batch, device=x.device), :, idx] = x[:, :, 0]
+        if len(set(s.buf_len)) == 1:  # the usual case: a slice, no index tensor (no host-device copy)
+            s.buf[:, :, s.buf_len[0]] = x[:, :, 0]
+        else:
+            idx = torch.tensor(s.buf_len, device=x.device)
+            s.buf[torch.arange(batch, device=x.device), :, idx] = x[:, :, 0]
         s.buf_len = [n + 1 for n in s.buf_len]
         full = [b for b in range(batch) if s.buf_len[b] > s.window]
         if full:

@@ -66,6 +66,40 @@ class KernelOScaRLayer(PackedKVLayer):
     def __init__(self, spec, fake_quant=False, state=None, force_fallback: bool = False):
         super().__init__(spec, fake_quant, state)
         self.force_fallback = force_fallback
+        #: int32 [2, B] on the device: quantized and window lengths per sequence. Kept in step with
+        #: the host-side lists by device arithmetic, so a decode step needs no host-device copy.
+        self._dev_lens: torch.Tensor | None = None
+
+    def _host_lens(self) -> list[list[int]]:
+        batch = len(self.k.buf_len)
+        return [[self.k.quantized_tokens(b) for b in range(batch)], list(self.k.buf_len)]
+
+    def _append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        before = self._host_lens()
+        super()._append(k, v)
+        after = self._host_lens()
+        if self._dev_lens is None:
+            return
+        dq = {a - b for a, b in zip(after[0], before[0], strict=True)}
+        dr = {a - b for a, b in zip(after[1], before[1], strict=True)}
+        if len(dq) == 1 and len(dr) == 1:  # the same change for every sequence: device arithmetic
+            self._dev_lens[0] += dq.pop()
+            self._dev_lens[1] += dr.pop()
+        else:  # sequences flushed at different steps: rebuild from the host lists (rare)
+            self._dev_lens = None
+
+    def _select_batch(self, index: torch.Tensor) -> None:
+        super()._select_batch(index)
+        self._dev_lens = None
+
+    def crop(self, max_length: int) -> None:
+        super().crop(max_length)
+        self._dev_lens = None
+
+    def reset(self) -> None:
+        force_fallback = self.force_fallback
+        super().reset()
+        self.force_fallback = force_fallback
 
     # -- storage in the kernel layout ------------------------------------------------------
     def _store_units(self, s: _Stream, x: torch.Tensor, owners: list[tuple[int, int]], capacity: int,
@@ -123,8 +157,9 @@ class KernelOScaRLayer(PackedKVLayer):
         if res_k.shape[2] == 0:
             res_k = res_k.new_zeros(batch, heads, 1, res_k.shape[3])
             res_v = res_v.new_zeros(batch, heads, 1, res_v.shape[3])
-        qlens = torch.tensor([self.k.quantized_tokens(b) for b in range(batch)], dtype=torch.int32, device=dev)
-        rlens = torch.tensor(self.k.buf_len, dtype=torch.int32, device=dev)
+        if self._dev_lens is None or self._dev_lens.device != dev:
+            self._dev_lens = torch.tensor(self._host_lens(), dtype=torch.int32, device=dev)
+        qlens, rlens = self._dev_lens[0], self._dev_lens[1]
         out = K.decode_attention(
             query[:, :, 0], K.KernelKeys(self.k.units["data"], self.k.units["norm"]),
             K.KernelValues(self.v.units["data"]), qlens, res_k, res_v, rlens, scaling,

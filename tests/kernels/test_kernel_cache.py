@@ -74,7 +74,10 @@ def test_kernel_decode_path_gives_the_reference_answers():
     model, inputs = _model()
     x = _left_padded(inputs)
     ref = _teacher_forced_logits(model, x, oc.make_cache(model, "oscar", kernels="off", residual_length=R))
-    ker = _teacher_forced_logits(model, x, oc.make_cache(model, "oscar", kernels="fallback", residual_length=R))
+    cache = oc.make_cache(model, "oscar", kernels="fallback", residual_length=R)
+    ker = _teacher_forced_logits(model, x, cache)
+    for layer in cache.layers:  # the device-side lengths tracked the host's through every flush
+        assert layer._dev_lens.tolist() == layer._host_lens()
     assert torch.equal(ker[:, 0], ref[:, 0])  # the prompt step is the same code path
     # decode steps (across flushes at 192 tokens): fp32 kernel math vs bf16 SDPA, equal up to bf16 rounding
     torch.testing.assert_close(ker, ref, rtol=0, atol=0.05)
@@ -105,3 +108,16 @@ def test_cuda_kernels_in_the_cache_match_the_reference_path():
     assert isinstance(cache.layers[0], KernelOScaRLayer)
     torch.testing.assert_close(ker, ref, rtol=0, atol=0.05)
     assert (ker.argmax(-1) == ref.argmax(-1)).float().mean() > 0.95
+
+
+def test_device_lengths_follow_synchronised_and_staggered_flushes():
+    model, inputs = _model()
+    for padded in (False, True):
+        x = inputs(100, batch=2)
+        if padded:
+            x["attention_mask"][1, :30] = 0
+        cache = oc.make_cache(model, "oscar", kernels="fallback", residual_length=32)
+        _teacher_forced_logits(model, x, cache, steps=70)
+        layer = cache.layers[0]
+        assert layer._dev_lens.tolist() == layer._host_lens()
+        assert layer._host_lens()[0] == ([160, 160] if not padded else [160, 128])
