@@ -3,7 +3,7 @@
 Which implementation is a baseline: an ``impl`` whose name does not start with a quantization
 method's name (``oscar``, ``kivi``, ``quarot``, ``rotatekv``, ``ott``, ``turboquant``) is a
 full-precision baseline (``bf16-cudnn``, ``sdpa-flash``, ``flashinfer``, ...). Rows are compared
-only at identical (level, arch, batch, context). A speed-up is baseline time / our time; the paper's
+only at identical (speed run, level, arch, batch, context). A speed-up is baseline time / our time; the paper's
 speed-ups (3.0x decode at 128K, 4.1x throughput at batch 48, 4K; 5.3x KV memory) were measured on an
 H20 against an eager dynamic-cache baseline, so ours are shown against *each* baseline we measured.
 """
@@ -37,8 +37,9 @@ class SpeedRow:
     peak_mem_bytes: float | None
 
     @property
-    def key(self) -> tuple[str, str, int, int]:
-        return (self.level, self.arch, self.batch, self.context)
+    def key(self) -> tuple[str, str, str, int, int]:
+        # Only rows of one speed run are compared: another run may have other layers or settings.
+        return (self.ref, self.level, self.arch, self.batch, self.context)
 
     @property
     def is_baseline(self) -> bool:
