@@ -71,7 +71,7 @@ def benchmark_section(store: Store, refs: dict[str, str], benchmark: str, protoc
             f"Headline score per model ({protocol} protocol)")
         section.blocks.append(main_table(sel, refs, slug(section_id, "main"), caption))
     if benchmark in ("longbench_e", "ocrbench") and protocol == "paper":
-        section.blocks.append(plots.pareto(sel if sel.cells else None))
+        section.blocks.append(plots.pareto(sel if sel.cells else None, benchmark))
     if benchmark == "niah":
         section.blocks.append(plots.niah_heatmaps(sel))
     details = (longbench_details(sel, refs) if benchmark == "longbench_e"

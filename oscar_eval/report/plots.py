@@ -70,7 +70,7 @@ def _draw(fig_id: str, title: str, filename: str, empty_note: str, ncols: int,
         return Figure(fig_id, title, filename, _png(fig))
 
 
-def pareto(sel: Selection | None) -> Figure:
+def pareto(sel: Selection | None, benchmark: str = "longbench_e") -> Figure:
     """Accuracy vs effective bits per element (ours filled, the paper's value hollow at our bits)."""
     points: dict[str, list[tuple[float, float, float | None, str]]] = defaultdict(list)
     if sel is not None:
@@ -78,7 +78,7 @@ def pareto(sel: Selection | None) -> Figure:
             value = headline(run)
             if run.bits is not None and value is not None:
                 points[column].append((run.bits, value, paper_value(sel.benchmark, method, column), method))
-    name = sel.benchmark if sel else "longbench_e"
+    name = sel.benchmark if sel else benchmark
 
     def draw(axes: list) -> None:
         ax = axes[0]
