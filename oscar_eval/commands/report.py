@@ -16,6 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--results", default="results", metavar="DIR", help="results store (default: results)")
     p.add_argument("--out", default="reports/latest", metavar="DIR", help="output folder (default: reports/latest)")
     p.add_argument("--title", default=None, help="report title (default: a generic one)")
+    p.add_argument("--include-smoke", action="store_true",
+                   help="also show runs of the built-in smoke configuration (tiny random model)")
     p.add_argument("--alias", action="append", default=[], metavar="LABEL=COLUMN",
                    help="match a model label to a paper column by hand, e.g. my-llama=Llama-3.1-8B (repeatable)")
     p.set_defaults(func=run)
@@ -38,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from oscar_eval.report import DEFAULT_TITLE, ReportError, render_report
 
     try:
-        done = render_report(args.results, args.out, title=args.title or DEFAULT_TITLE, aliases=_aliases(args.alias))
+        done = render_report(args.results, args.out, title=args.title or DEFAULT_TITLE, aliases=_aliases(args.alias),
+                             include_smoke=args.include_smoke)
     except ReportError as exc:
         raise UserError(str(exc)) from exc
     for problem in done.problems:

@@ -35,20 +35,21 @@ def _figures(sections: list[Section]) -> list[Figure]:
 
 
 def build_report(results_dir: str | Path, title: str = DEFAULT_TITLE, aliases: dict[str, str] | None = None,
-                 generated: str | None = None) -> Report:
+                 generated: str | None = None, include_smoke: bool = False) -> Report:
     root = Path(results_dir)
     if not root.is_dir():
         raise ReportError(f"results folder {root} does not exist")
     if not (root / "runs").is_dir() and not (root / "speed").is_dir():
         raise ReportError(f"{root} is not a results store: it has neither runs/ nor speed/ (see docs/results.md)")
     generated = generated or datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return build(load_store(root), title, generated, aliases)
+    return build(load_store(root, include_smoke), title, generated, aliases)
 
 
 def render_report(results_dir: str | Path, out_dir: str | Path, title: str = DEFAULT_TITLE,
-                  aliases: dict[str, str] | None = None, generated: str | None = None) -> Rendered:
+                  aliases: dict[str, str] | None = None, generated: str | None = None,
+                  include_smoke: bool = False) -> Rendered:
     """Render the report of ``results_dir`` into ``out_dir`` (created; old figures replaced)."""
-    report = build_report(results_dir, title, aliases, generated)
+    report = build_report(results_dir, title, aliases, generated, include_smoke)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = _figures(report.sections)

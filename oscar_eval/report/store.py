@@ -139,8 +139,11 @@ def _read_records(path: Path, run: Run, problems: list[str]) -> None:
         run.failed.append(FailedItem(text(rec.get("item_id"), "?"), subset, text(rec.get("error"), "(no message)")))
 
 
-def load_store(root: str | Path) -> Store:
-    """Read every run and speed file under ``root``; never raises on a bad file."""
+def load_store(root: str | Path, include_smoke: bool = False) -> Store:
+    """Read every run and speed file under ``root``; never raises on a bad file.
+
+    Runs of the built-in smoke configuration (tiny random model) measure nothing; they are left out
+    unless ``include_smoke``."""
     store = Store(Path(root))
     runs_dir = store.root / "runs"
     for run_dir in sorted(p for p in runs_dir.glob("*") if p.is_dir()):
@@ -150,6 +153,9 @@ def load_store(root: str | Path) -> Store:
             continue
         manifest = _read_json(manifest_path, store.problems)
         if manifest is None:
+            continue
+        if manifest.get("configuration") == "smoke" and not include_smoke:
+            store.problems.append(f"{run_dir.name}: smoke configuration (tiny random model); not shown")
             continue
         summary = _read_json(summary_path, store.problems) if summary_path.exists() else None
         if summary is None and not summary_path.exists():

@@ -171,3 +171,17 @@ def test_an_average_over_fewer_datasets_is_flagged(writer, tmp_path):
     details = html_tables(html)["lb-details-paper-qwen3-8b"]
     assert [r[0] for r in details[2:]] == ["qasper_e", "trec_e", "Average (of dataset means)"]
     assert details[2][1:] == ["50.00", "—", "—", "50.00"]
+
+
+def test_smoke_runs_are_left_out_unless_asked_for(writer, tmp_path):
+    import json
+
+    writer.run("longbench_e", "Llama-3.1-8B", "oscar", average=40.00)
+    for manifest in (writer.root / "runs").glob("*/manifest.json"):
+        data = json.loads(manifest.read_text())
+        manifest.write_text(json.dumps(data | {"configuration": "smoke"}))
+    html = render_report(writer.root, tmp_path / "r").html.read_text(encoding="utf-8")
+    assert html_row(html, "table1-main", "OScaR")[3] == "—"
+    assert "smoke configuration" in html
+    html = render_report(writer.root, tmp_path / "s", include_smoke=True).html.read_text(encoding="utf-8")
+    assert html_row(html, "table1-main", "OScaR")[3] == "40.00"
