@@ -92,6 +92,7 @@ def run_benchmark(
     seed: int = 42,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    benchmark_options: Mapping[str, Any] | None = None,
 ) -> list[dict]:
     """Evaluate ``benchmark`` for each method; returns one summary per method (also on disk)."""
     from oscar_eval import provenance, smoke
@@ -108,8 +109,20 @@ def run_benchmark(
     if not methods:
         raise UserError("no --method given")
     overrides = dict(overrides or {})
+    bench_options = dict(benchmark_options or {})
+    if data_dir is None and bench_options.get("haystack"):  # NIAH --haystack FILE: its folder is the data dir
+        data_dir = Path(bench_options["haystack"]).expanduser().resolve().parent
     is_smoke = model is None and data_dir is None
-    if is_smoke:
+    bench_smoke = _smoke_hook(benchmark) if is_smoke else None
+    if bench_smoke is not None:  # a benchmark with its own smoke configuration (e.g. NIAH)
+        cfg = bench_smoke()
+        say(f"SMOKE CONFIGURATION: {cfg['description']}. Scores are meaningless; this only checks the "
+            "pipeline. Pass --model and --data-dir for a real evaluation.")
+        data_dir = cfg["data_dir"]
+        model_label = model_label or cfg.get("model_label") or smoke.SMOKE_LABEL
+        max_input_len = max_input_len or cfg.get("max_input_len")
+        bench_options = {**cfg.get("options", {}), **bench_options}
+    elif is_smoke:
         say("SMOKE CONFIGURATION: tiny random-weight Llama + built-in LongBench-E fixture "
             f"({smoke.SMOKE_DATA}). Scores are meaningless; this only checks the pipeline. "
             "Pass --model and --data-dir for a real evaluation.")
@@ -120,19 +133,28 @@ def run_benchmark(
     elif model is None or data_dir is None:
         raise UserError("give both --model and --data-dir (or neither, for the built-in smoke configuration)")
 
-    bench = get_benchmark(benchmark, data_dir=data_dir, subsets=list(subsets) if subsets else None)
+    bench = get_benchmark(benchmark, data_dir=data_dir, subsets=list(subsets) if subsets else None,
+                          **bench_options)
     gen_cfg = getattr(bench, "config", {}).get("generation", {})
     max_input_len = int(max_input_len or gen_cfg.get("max_input_len", 32768))
 
     # Validate everything cheap before loading any weights: methods, overrides, data files.
     specs = [(m, method_spec(m, overrides_for(m, overrides))) for m in methods]
+    if hasattr(bench, "use_tokenizer"):  # prompts sized in the model's own tokens (NIAH)
+        from oscar_eval.models import resolve_model_path
+
+        bench.use_tokenizer(smoke.smoke_model_path() if is_smoke else resolve_model_path(model),
+                            chat_template=bool(chat_template), max_input_len=max_input_len)
     items = [it for s in bench.subsets() for it in bench.items(s, limit)]
     data_files = {}
     for s in bench.subsets():
         for f in bench.data_files(s):
             data_files[str(Path(f).relative_to(Path(data_dir)))] = provenance.sha256_file(f)
 
-    model_path = smoke.smoke_model_path() if is_smoke else model
+    model_path = model
+    if is_smoke:  # a benchmark's smoke configuration may bring its own model (e.g. OCRBench: tiny Qwen3-VL)
+        model_path = (cfg.get("model_path") if bench_smoke is not None else None) or smoke.smoke_model_path
+        model_path = model_path()
     env = provenance.environment()
     import torch
 
@@ -148,6 +170,19 @@ def run_benchmark(
         return [_run_method(plan, name, spec, reload=i > 0) for i, (name, spec) in enumerate(specs)]
     finally:
         torch.set_num_threads(threads)
+
+
+def _smoke_hook(benchmark: str) -> Callable[[], dict] | None:
+    """A benchmark class's own ``smoke_configuration()`` (dict: description, data_dir, max_input_len,
+    options), or None for the default (LongBench-E fixture) smoke configuration."""
+    import importlib
+
+    from oscar_eval.benchmarks import ALIASES, BENCHMARKS
+
+    module, cls, _, status = BENCHMARKS.get(ALIASES.get(benchmark, benchmark), ("", "", "", ""))
+    if status != "available" or not module:
+        return None
+    return getattr(getattr(importlib.import_module(module), cls), "smoke_configuration", None)
 
 
 @dataclass
@@ -204,7 +239,7 @@ def _run_method(plan: _Plan, name: str, spec: Any, reload: bool) -> dict:
     revision = provenance.model_revision(loaded.path)
     params = _spec_params(spec)
     settings = {"max_input_len": max_input_len, "chat_template": bool(chat_template), "seed": seed,
-                "greedy": True, "batch_size": 1, "protocol": PROTOCOL}
+                "greedy": True, "batch_size": 1, "protocol": PROTOCOL, **getattr(bench, "settings", {})}
     run_id = make_run_id(bench.name, label, spec.name, {
         "settings": settings, "model": revision, "dtype": loaded.dtype, "method": params})
     store = RunStore(results, run_id)

@@ -94,6 +94,8 @@ class LoadedModel:
         """(num_kv_heads, head_dim) of the text decoder, for bits-per-element accounting."""
         cfg = self.model.config
         cfg = getattr(cfg, "text_config", None) or cfg
+        if not hasattr(cfg, "num_attention_heads") and hasattr(cfg, "get_text_config"):
+            cfg = cfg.get_text_config()  # nested configs, e.g. Qwen3-Omni's thinker_config.text_config
         heads = cfg.num_attention_heads
         kv = getattr(cfg, "num_key_value_heads", None) or heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
@@ -101,16 +103,25 @@ class LoadedModel:
 
 
 def load_model(model: str | Path, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(model)
+    from oscar_eval.vision import is_vision_language, load_vision_model
+
+    if is_vision_language(path):  # Qwen-VL, LLaVA(-NeXT): model + processor (OCRBench)
+        return load_vision_model(path, device=device, dtype=dtype)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         # device_map places weights directly on the GPU (no second full copy in host memory).
-        net = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True,
-                                                   device_map=None if device == "cpu" else device)
+        from oscar_eval.audio import is_omni, load_omni_model
+
+        if is_omni(AutoConfig.from_pretrained(path, local_files_only=True)):  # Qwen3-Omni (MMAU-Pro)
+            net = load_omni_model(path, device, torch_dtype)
+        else:
+            net = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True,
+                                                       device_map=None if device == "cpu" else device)
     except (OSError, ValueError) as exc:
         raise _user_error(f"cannot load model from {path}: {str(exc).splitlines()[0]}") from None
     net.eval()
@@ -211,4 +222,12 @@ class TextRunner:
 def runner_for(kind: str, loaded: LoadedModel, **settings: Any) -> ModelRunner:
     if kind == "text":
         return TextRunner(loaded, **settings)
+    if kind in ("vision", "image"):
+        from oscar_eval.vision import VisionRunner
+
+        return VisionRunner(loaded, **settings)
+    if kind == "audio":
+        from oscar_eval.audio import AudioRunner
+
+        return AudioRunner(loaded, **settings)
     raise _user_error(f"no model runner for {kind!r} inputs yet (only text benchmarks are implemented)")

@@ -32,7 +32,7 @@ def evaluate_items(
     items: Iterable[Item | ItemError],
     store: RunStore,
     generate: Callable[[Item], Any],
-    score: Callable[[Item, str], float],
+    score: Callable[[Item, str], float | None],
     seed: int,
     done_ids: set[str] | None = None,
     progress: Any = None,
@@ -57,7 +57,8 @@ def evaluate_items(
             seed_everything(seed)
             try:
                 gen = generate(item)
-                value = float(score(item, gen.prediction))
+                raw = score(item, gen.prediction)
+                value = None if raw is None else float(raw)  # None: scored later (e.g. by a judge)
                 record = {**base, "status": "ok", "error": None, "prompt_sha256": gen.prompt_sha256,
                           "input_tokens": gen.input_tokens, "truncated": gen.truncated,
                           "prediction": gen.prediction, "references": item.references, "score": value,

@@ -13,11 +13,12 @@ __all__ = ["BENCHMARKS", "Benchmark", "Item", "ItemError", "get_benchmark", "lis
 BENCHMARKS: dict[str, tuple[str, str, str, str]] = {
     "longbench_e": ("oscar_eval.benchmarks.longbench_e", "LongBenchE",
                     "LongBench-E, 13 English long-context subsets (text)", "available"),
-    "ocrbench": ("", "", "OCRBench, 1000 OCR questions (vision)", "planned"),
-    "mmau_pro": ("", "", "MMAU-Pro, audio understanding (audio/omni)", "planned"),
-    "niah": ("", "", "needle-in-a-haystack grid (text)", "planned"),
+    "ocrbench": ("oscar_eval.benchmarks.ocrbench", "OCRBench", "OCRBench, 1000 OCR questions (vision)", "available"),
+    "mmau_pro": ("oscar_eval.benchmarks.mmau_pro", "MMAUPro", "MMAU-Pro, audio understanding (audio/omni)",
+                 "available"),
+    "niah": ("oscar_eval.benchmarks.niah", "NeedleInAHaystack", "needle-in-a-haystack grid (text)", "available"),
 }
-ALIASES = {"longbench": "longbench_e", "longbench-e": "longbench_e"}
+ALIASES = {"longbench": "longbench_e", "longbench-e": "longbench_e", "mmau-pro": "mmau_pro", "mmau": "mmau_pro"}
 
 
 def tasks_dir() -> Path:

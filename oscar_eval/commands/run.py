@@ -33,6 +33,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model-label", help="short model name used in run ids and reports")
     p.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--contexts", metavar="LIST",
+                   help="niah: context lengths in tokens, comma-separated (1k = 1000; default: tasks/niah.yaml)")
+    p.add_argument("--depths", type=int, metavar="N",
+                   help="niah: N needle depths evenly spaced from 0%% to 100%% (default: 15)")
+    p.add_argument("--haystack", metavar="FILE", help="niah: haystack text file (default: the .txt files of --data-dir)")
+    p.add_argument("--judge-model", metavar="PATH",
+                   help="mmau_pro: local judge model for open-ended answers (default: Qwen/Qwen2.5-7B-Instruct "
+                        "from the local Hugging Face cache)")
+    p.add_argument("--judge-cache", metavar="DIR",
+                   help="mmau_pro: folder of cached raw judge outputs (default: <results>/judge_cache)")
     p.set_defaults(func=main)
 
 
@@ -44,12 +54,28 @@ def main(args: argparse.Namespace) -> int:
     from oscar_eval.api import parse_overrides, run_benchmark
 
     signal.signal(signal.SIGTERM, _sigterm_to_interrupt)  # records are fsync'ed; stop cleanly
+    bench_options = {k: v for k in ("contexts", "depths", "haystack") if (v := getattr(args, k, None)) is not None}
+    if bench_options and args.benchmark != "niah":
+        from oscar_eval.cli import UserError
+
+        raise UserError(f"--{', --'.join(bench_options)}: only for the niah benchmark")
+    if args.benchmark.replace("-", "_") in ("mmau_pro", "mmau"):  # the open-ended judge and its cache
+        from pathlib import Path
+
+        bench_options["judge_cache"] = args.judge_cache or str(Path(args.results) / "judge_cache")
+        if args.judge_model:
+            bench_options["judge_model"] = args.judge_model
+    elif args.judge_model or args.judge_cache:
+        from oscar_eval.cli import UserError
+
+        raise UserError("--judge-model/--judge-cache: only for the mmau_pro benchmark")
     summaries = run_benchmark(
         args.benchmark, model=args.model, methods=args.methods or ["oscar"], subsets=args.subsets,
         limit=args.limit, data_dir=args.data_dir, max_input_len=args.max_input_len, results=args.results,
         resume=args.resume, overwrite=args.overwrite, device=args.device, dtype=args.dtype,
         chat_template=args.chat_template, model_label=args.model_label,
-        overrides=parse_overrides(args.overrides), seed=args.seed, progress=not args.no_progress)
+        overrides=parse_overrides(args.overrides), seed=args.seed, progress=not args.no_progress,
+        benchmark_options=bench_options)
     print_summaries(summaries)
     return 0
 
@@ -68,6 +94,12 @@ def print_summaries(summaries: list[dict]) -> None:
         title = (f"{s['benchmark']} | {s['model_label']} | {s['method']}"
                  + (f" ({bpe:.2f} bits/elem)" if bpe else "")
                  + (" | SMOKE" if s.get("configuration") == "smoke" else ""))
+        if isinstance(s.get("grid"), dict):  # niah: depth x context grid of retrieval accuracy
+            _print_grid(console, title, s)
+            continue
+        if isinstance(s.get("columns"), dict) and not s.get("subsets"):  # e.g. MMAU-Pro's Table 8 columns
+            _print_columns(console, title, s)
+            continue
         table = Table(title=title)
         for col in ("subset", "0-4k", "4-8k", "8k+", "mean", "n"):
             table.add_column(col, justify="left" if col == "subset" else "right")
@@ -78,3 +110,37 @@ def print_summaries(summaries: list[dict]) -> None:
         console.print(table)
         failed = s.get("n_failed", 0)
         console.print(f"{s['n_items']} items, {failed} failed -> {s['run_dir']}")
+
+
+def _print_grid(console, title: str, s: dict) -> None:
+    from rich.table import Table
+
+    grid = s["grid"]
+    contexts = list(grid)
+    if not contexts:
+        console.print(f"{title}: no scored items; {s['n_items']} items, {s.get('n_failed', 0)} failed")
+        return
+    depths = sorted({d for row in grid.values() for d in row}, key=float)
+    table = Table(title=title)
+    table.add_column("depth %")
+    for c in contexts:
+        table.add_column(str(c), justify="right")
+    for d in depths:
+        table.add_row(str(d), *(_fmt(grid[c].get(d)) for c in contexts))
+    table.add_row("Average", *[""] * (len(contexts) - 1), _fmt(s.get("average")), style="bold")
+    console.print(table)
+    console.print(f"{s['n_items']} items, {s.get('n_failed', 0)} failed -> {s['run_dir']}")
+
+
+def _print_columns(console, title: str, s: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for name in s["columns"]:
+        table.add_column(name, justify="right")
+    table.add_row(*(_fmt(v) for v in s["columns"].values()))
+    console.print(table)
+    judge = s.get("judge") or {}
+    if judge.get("error"):
+        console.print(f"judge: {judge['error']}")
+    console.print(f"{s['n_items']} items, {s.get('n_failed', 0)} failed -> {s['run_dir']}")

@@ -1,0 +1,328 @@
+"""Needle-in-a-haystack (paper Fig. 29: Qwen3-8B, 42K context, 15 depths): a context-length x depth grid.
+
+Construction (the usual NIAH setup of gkamradt/LLMTest_NeedleInAHaystack; facts, not its code):
+
+- The haystack is a local plain-text file (``--haystack FILE``, or ``haystack.txt`` / every ``*.txt`` of
+  ``--data-dir``), repeated until it is long enough and tokenized once with the model's tokenizer.
+- For a context length ``C`` (tokens of the whole prompt, the template and the BOS/chat-template tokens
+  included) the haystack keeps its first ``C - needle - overhead`` tokens, where ``overhead`` is the
+  token count of the prompt with an empty haystack, measured exactly as the model runner tokenizes
+  (raw or with ``--chat-template``). If re-tokenizing the decoded text makes the prompt longer than
+  ``C`` (BPE merges at the seams), the haystack is cut by the excess and the prompt rebuilt, so the
+  prompt never exceeds ``C`` tokens.
+- The needle (tokenized on its own) goes at ``int(n_haystack * depth / 100)`` haystack tokens, moved
+  back to just after the nearest sentence end at or before that position (a token whose text ends in
+  ``.`` once trailing whitespace is removed; gkamradt tests for the token of ``"."``, which BPE
+  vocabularies often merge with what follows); ``depth == 100`` appends it at the end, and with no
+  sentence end before the position it goes at the start.
+- Depths: ``round(linspace(0, 100, N))`` as integers (gkamradt's linear spacing); N = 15 by default.
+- Greedy decoding, batch 1, ``max_new_tokens`` from ``tasks/niah.yaml``; then the question.
+
+Scoring (``SCORING``, also written into every summary): an item is retrieved (score 1) when the
+prediction contains every key answer phrase (``answer`` in ``tasks/niah.yaml``; default ``sandwich``
+and ``Dolores Park``), both sides normalized: lower-cased, every run of characters other than letters
+and digits turned into one space. Otherwise 0. gkamradt scores with a GPT-4 judge (1-10), which we do
+not have offline; some KV-cache papers use ROUGE-1 recall of the needle, which gives partial credit
+for echoing the question's words ("best thing to do in San Francisco") without retrieving anything.
+A binary key-phrase test is deterministic, judge-free, and is exactly "was the fact retrieved", which
+is what an accuracy in % (the paper's axis) counts. Cells are x100; ``average`` is the mean over the
+grid's cells (each cell is one item).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from oscar_eval.benchmarks import tasks_dir
+from oscar_eval.benchmarks.base import Item, ItemError
+
+SCORING = ("key-phrase containment: score 1 when the prediction contains every answer key phrase after "
+           "lower-casing and turning each run of non-alphanumeric characters into one space (both "
+           "sides); else 0")
+SMOKE_DATA = Path(__file__).resolve().parents[1] / "data" / "niah_smoke"
+
+
+def _user_error(msg: str) -> Exception:
+    from oscar_eval.cli import UserError
+
+    return UserError(msg)
+
+
+def load_config(path: Path | None = None) -> dict:
+    path = path or tasks_dir() / "niah.yaml"
+    if not path.is_file():
+        raise _user_error(f"task config {path} not found (set OSCAR_EVAL_TASKS to the tasks/ folder)")
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+# -- pure helpers (tested directly) ------------------------------------------------------------------
+def parse_contexts(value: str | int | Sequence[str | int]) -> list[int]:
+    """``"1k,2k,42000"`` or ``[1000, "2k"]`` -> ``[1000, 2000, 42000]`` (k = 1000), duplicates dropped."""
+    parts = value.split(",") if isinstance(value, str) else [value] if isinstance(value, int) else list(value)
+    out: list[int] = []
+    for part in parts:
+        text = str(part).strip().lower()
+        if not text:
+            continue
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)(k?)", text)
+        if not m:
+            raise _user_error(f"--contexts: {str(part).strip()!r} is not a token count (e.g. 4000 or 4k)")
+        n = round(float(m.group(1)) * (1000 if m.group(2) else 1))
+        if n < 1:
+            raise _user_error(f"--contexts: {str(part).strip()!r} must be positive")
+        if n not in out:
+            out.append(n)
+    if not out:
+        raise _user_error("--contexts: no context length given")
+    return out
+
+
+def depth_percents(n: int) -> list[int]:
+    """``n`` depths evenly spaced over 0..100 %, rounded to integers (gkamradt's linear spacing)."""
+    import numpy as np
+
+    if not 1 <= int(n) <= 101:
+        raise _user_error(f"--depths must be between 1 and 101, got {n}")
+    return [int(d) for d in np.round(np.linspace(0, 100, num=int(n), endpoint=True))]
+
+
+def normalize(text: str) -> str:
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
+
+
+def retrieved(prediction: str, answer: Sequence[str]) -> float:
+    """1.0 when every key phrase occurs in the prediction (both normalized, see ``SCORING``), else 0.0."""
+    pred = normalize(prediction)
+    keys = [normalize(a) for a in answer]
+    return float(bool(keys) and all(k and k in pred for k in keys))
+
+
+def insert_needle(haystack: Sequence[int], needle: Sequence[int], depth: float,
+                  is_sentence_end) -> tuple[list[int], int]:
+    """Needle tokens into haystack tokens at ``depth`` %, on a sentence boundary at or before it.
+
+    Returns (tokens, position of the needle's first token)."""
+    hay = list(haystack)
+    if depth >= 100:
+        pos = len(hay)
+    else:
+        pos = int(len(hay) * (depth / 100))
+        while pos > 0 and not is_sentence_end(hay[pos - 1]):
+            pos -= 1
+    return hay[:pos] + list(needle) + hay[pos:], pos
+
+
+def _key(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("inf")
+
+
+def _split_id(item_id: str) -> tuple[str, str] | None:
+    """``"42000/50"`` -> ``("42000", "50")``."""
+    ctx, sep, depth = str(item_id).partition("/")
+    if not sep or _key(ctx) == float("inf") or _key(depth) == float("inf"):
+        return None
+    return ctx, depth
+
+
+def summarize_records(records: list[dict]) -> dict:
+    """``grid`` {context: {depth: x100}}, ``average`` (mean of the cells), per-context/per-depth means."""
+    cells: dict[tuple[str, str], list[float]] = {}
+    for r in records:
+        if r.get("status") != "ok" or r.get("score") is None:
+            continue
+        key = _split_id(r.get("item_id", ""))
+        if key is not None:
+            cells.setdefault(key, []).append(float(r["score"]))
+    means = {k: 100.0 * sum(v) / len(v) for k, v in cells.items()}
+    contexts = sorted({c for c, _ in means}, key=_key)
+    depths = sorted({d for _, d in means}, key=_key)
+    grid = {c: {d: means[(c, d)] for d in depths if (c, d) in means} for c in contexts}
+
+    def mean(values: list[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    average = mean(list(means.values()))
+    by_context = {c: mean(list(grid[c].values())) for c in contexts}
+    by_depth = {d: mean([grid[c][d] for c in contexts if d in grid[c]]) for d in depths}
+    return {"average": average, "grid": grid, "contexts": by_context, "depths": by_depth,
+            "columns": {"Accuracy": average}, "n": sum(len(v) for v in cells.values())}
+
+
+@dataclass
+class Built:
+    """One constructed prompt and where its needle went (for records' extra and tests)."""
+
+    prompt: str
+    haystack_tokens: int      # haystack tokens kept (needle excluded)
+    needle_at: int            # index of the needle's first token within the haystack + needle tokens
+    target: int               # int(haystack_tokens * depth / 100): the position before the boundary rule
+    input_tokens: int         # tokens the model is fed (exactly as the runner tokenizes)
+
+
+class NeedleInAHaystack:
+    """NIAH on a local haystack text; the prompts are sized with the model's tokenizer."""
+
+    name = "niah"
+    kind = "text"
+
+    def __init__(self, data_dir: str | Path | None = None, subsets: Sequence[str] | None = None,
+                 contexts: Any = None, depths: int | None = None, haystack: str | Path | None = None,
+                 max_new_tokens: int | None = None, config: dict | None = None) -> None:
+        self.config = config or load_config()
+        cfg = self.config
+        self.data_dir = Path(data_dir).expanduser() if data_dir is not None else None
+        # --subsets names contexts too (the run's "subsets" are its context lengths).
+        self.contexts = parse_contexts(subsets or contexts or cfg["contexts"])
+        self.depths = depth_percents(depths if depths is not None else cfg["depths"])
+        self.needle = str(cfg["needle"])
+        self.question = str(cfg["question"])
+        answer = cfg["answer"]
+        self.answer = [answer] if isinstance(answer, str) else [str(a) for a in answer]
+        self.template = str(cfg["prompt"])
+        self.max_new_tokens = int(max_new_tokens or cfg["generation"]["max_new_tokens"])
+        self._files = self._find_files(haystack)
+        self._tok = None
+        self._counter = None
+        self._hay: list[int] = []
+        self._ends: dict[int, bool] = {}
+        self._overhead: int | None = None
+
+    # -- configuration -----------------------------------------------------------------------
+    @classmethod
+    def smoke_configuration(cls) -> dict:
+        smoke = load_config().get("smoke", {})
+        return {
+            "description": (f"tiny random-weight Llama + built-in NIAH haystack fixture ({SMOKE_DATA}), "
+                            f"contexts {', '.join(map(str, smoke['contexts']))} tokens, {smoke['depths']} depths"),
+            "data_dir": SMOKE_DATA,
+            "max_input_len": int(smoke["max_input_len"]),
+            "options": {"contexts": list(smoke["contexts"]), "depths": int(smoke["depths"]),
+                        "max_new_tokens": int(smoke["max_new_tokens"])},
+        }
+
+    @property
+    def settings(self) -> dict:
+        """What changes the results besides the model and the method (part of the run id)."""
+        return {"niah": {"needle": self.needle, "question": self.question, "answer": self.answer,
+                         "prompt": self.template, "max_new_tokens": self.max_new_tokens, "scoring": SCORING,
+                         "insertion": "gkamradt: depth% of haystack tokens, back to a sentence end"}}
+
+    def _find_files(self, haystack: str | Path | None) -> list[Path]:
+        hint = self.config["data"]["hint"]
+        if haystack is not None:
+            p = Path(haystack).expanduser()
+            if not p.is_absolute() and self.data_dir is not None and not p.exists():
+                p = self.data_dir / p
+            if not p.is_file():
+                raise _user_error(f"haystack file {p} not found; {hint}")
+            p = p.resolve()
+            if self.data_dir is not None and not p.is_relative_to(self.data_dir.resolve()):
+                raise _user_error(f"haystack file {p} is not inside --data-dir {self.data_dir}")
+            return [p]
+        if self.data_dir is None:
+            raise _user_error(f"no --data-dir or --haystack given for NIAH; {hint}")
+        if not self.data_dir.is_dir():
+            raise _user_error(f"data dir {self.data_dir} does not exist; {hint}")
+        default = self.data_dir / self.config["data"]["haystack"]
+        files = [default] if default.is_file() else sorted(self.data_dir.glob("*.txt"))
+        if not files:
+            raise _user_error(f"haystack file {default} not found (nor any *.txt in {self.data_dir}); {hint}")
+        return files
+
+    def subsets(self) -> list[str]:
+        return [str(c) for c in self.contexts]
+
+    def data_files(self, subset: str) -> list[Path]:
+        return list(self._files)
+
+    # -- tokenizer-dependent construction ---------------------------------------------------------
+    def use_tokenizer(self, model_path: str | Path, chat_template: bool = False,
+                      max_input_len: int | None = None, tokenizer: Any = None) -> None:
+        """Load the model's tokenizer (local files only) and tokenize the haystack once."""
+        from oscar_eval.models import LoadedModel, TextRunner
+
+        too_long = [c for c in self.contexts if max_input_len is not None and c > max_input_len]
+        if too_long:
+            raise _user_error(f"context {too_long[0]} exceeds --max-input-len {max_input_len}; raise it "
+                              "(NIAH prompts are sized to their context, never truncated)")
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+            except (OSError, ValueError) as exc:
+                raise _user_error(f"cannot load the tokenizer of {model_path}: {str(exc).splitlines()[0]}") from None
+        self._tok = tokenizer
+        # The runner's own tokenization (BOS, chat template), never truncating: exact prompt sizes.
+        self._counter = TextRunner(LoadedModel(None, tokenizer, Path(model_path), "cpu", "n/a"),
+                                   max_input_len=10**9, chat_template=chat_template)
+        text = "\n".join(p.read_text(encoding="utf-8", errors="replace").strip() for p in self._files)
+        if not text.strip():
+            raise _user_error(f"haystack file {self._files[0]} is empty")
+        need = max(self.contexts)
+        one = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        reps = need // max(one, 1) + 2
+        self._hay = list(tokenizer("\n".join([text] * reps), add_special_tokens=False)["input_ids"])
+        self._needle_ids = list(tokenizer(self.needle, add_special_tokens=False)["input_ids"])
+        self._ends = {}
+        self._overhead = None
+
+    def _is_end(self, token_id: int) -> bool:
+        if token_id not in self._ends:
+            self._ends[token_id] = self._tok.decode([token_id]).rstrip().endswith(".")
+        return self._ends[token_id]
+
+    def count_tokens(self, prompt: str) -> int:
+        ids, _, _ = self._counter.build_inputs(Item("", "", 0, prompt, [], 1))
+        return len(ids)
+
+    def build(self, context: int, depth: float) -> Built:
+        """The prompt of one (context, depth) cell, at most ``context`` tokens as the model sees it."""
+        if self._tok is None:
+            raise RuntimeError("NeedleInAHaystack.use_tokenizer() first")
+        if self._overhead is None:
+            self._overhead = self.count_tokens(self.template.format(context="", question=self.question))
+        overhead = self._overhead
+        budget = context - overhead - len(self._needle_ids)
+        for _ in range(16):
+            if budget <= 0:
+                raise _user_error(f"context {context} is too small for NIAH: the prompt takes {overhead} "
+                                  f"tokens and the needle {len(self._needle_ids)}")
+            hay = self._hay[:budget]
+            tokens, at = insert_needle(hay, self._needle_ids, depth, self._is_end)
+            prompt = self.template.format(context=self._tok.decode(tokens), question=self.question)
+            n = self.count_tokens(prompt)
+            if n <= context:
+                return Built(prompt, len(hay), at, int(len(hay) * (depth / 100)) if depth < 100 else len(hay), n)
+            budget -= n - context
+        raise _user_error(f"could not fit a NIAH prompt into {context} tokens")
+
+    def items(self, subset: str, limit: int | None = None) -> Iterator[Item | ItemError]:
+        context = int(subset)
+        for index, depth in enumerate(self.depths):
+            if limit is not None and index >= limit:
+                return
+            built = self.build(context, depth)
+            yield Item(item_id=f"{context}/{depth}", subset=subset, index=index, prompt=built.prompt,
+                       references=list(self.answer), max_new_tokens=self.max_new_tokens, length=context,
+                       extra={"context": context, "depth": depth, "needle_at": built.needle_at,
+                              "haystack_tokens": built.haystack_tokens, "input_tokens": built.input_tokens})
+
+    # -- scoring -----------------------------------------------------------------------------
+    def score(self, item: Item, prediction: str) -> float:
+        return retrieved(prediction, item.references or self.answer)
+
+    def summarize(self, records: list[dict]) -> dict:
+        out = summarize_records(records)
+        out["scoring"] = {"rule": SCORING, "answer": self.answer}
+        return out
