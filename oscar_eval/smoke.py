@@ -60,18 +60,17 @@ def build_model(vocab_size: int):
     return model
 
 
-def smoke_model_path() -> Path:
-    """Build (once) and return the folder of the smoke model; safe against concurrent builders."""
-    target = cache_root() / f"smoke-tiny-llama-v{SMOKE_VERSION}"
-    if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
+def build_once(target: Path, build, markers: tuple[str, ...] = ("config.json",)) -> Path:
+    """Return ``target``, building it first with ``build(folder)`` unless its ``markers`` exist.
+
+    Built in a temporary sibling folder and renamed into place, so concurrent builders (parallel
+    tests, two runs) never see half a model: the first rename wins and the others use its copy."""
+    if all((target / m).is_file() for m in markers):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".smoke-", dir=target.parent))
     try:
-        tok = build_tokenizer()
-        model = build_model(len(tok))
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        build(tmp)
         try:
             os.rename(tmp, target)
         except OSError:  # another process won the race; use its copy
@@ -80,3 +79,14 @@ def smoke_model_path() -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def smoke_model_path() -> Path:
+    """Build (once) and return the folder of the smoke model."""
+
+    def build(folder: Path) -> None:
+        tok = build_tokenizer()
+        build_model(len(tok)).save_pretrained(folder)
+        tok.save_pretrained(folder)
+
+    return build_once(cache_root() / f"smoke-tiny-llama-v{SMOKE_VERSION}", build, ("config.json", "tokenizer.json"))

@@ -10,14 +10,13 @@ judge is a word-overlap rule, clearly labelled as such; it only exercises the ju
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 import wave
 from pathlib import Path
 
 import numpy as np
+
+from oscar_eval.smoke import build_once, cache_root
 
 SMOKE_VERSION = 1
 SMOKE_LABEL = "smoke-tiny-qwen3-omni"
@@ -45,12 +44,6 @@ FIXTURE_ROWS = [
      "category": "sound", "task_identifier": None, "kwargs": None, "audio": "tone_440.wav",
      "choices": ["the first sound", "the second sound"]},
 ]
-
-
-def cache_root() -> Path:
-    from oscar_eval.smoke import cache_root as root
-
-    return root()
 
 
 def build_tokenizer():
@@ -103,27 +96,8 @@ def build_model(tok):
     return model.eval()
 
 
-def _atomic_build(target: Path, build) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smoke-", dir=target.parent))
-    try:
-        build(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process won the race; use its copy
-            pass
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
 def smoke_model_path() -> Path:
     """Build (once) and return the folder of the tiny Qwen3-Omni smoke model."""
-    target = cache_root() / f"smoke-tiny-qwen3-omni-v{SMOKE_VERSION}"
-    if (target / "config.json").is_file() and (target / "preprocessor_config.json").is_file():
-        return target
-
     def build(tmp: Path) -> None:
         from transformers import WhisperFeatureExtractor
 
@@ -132,7 +106,8 @@ def smoke_model_path() -> Path:
         tok.save_pretrained(tmp)
         WhisperFeatureExtractor(feature_size=32).save_pretrained(tmp)
 
-    return _atomic_build(target, build)
+    return build_once(cache_root() / f"smoke-tiny-qwen3-omni-v{SMOKE_VERSION}", build,
+                      ("config.json", "preprocessor_config.json"))
 
 
 def write_wav(path: Path, freq: float, seconds: float = 0.2, rate: int = 16000) -> None:
@@ -162,10 +137,7 @@ def write_fixture(root: Path) -> Path:
 
 
 def smoke_data_dir() -> Path:
-    target = cache_root() / f"mmau_pro_smoke-v{SMOKE_VERSION}"
-    if (target / "test.parquet").is_file():
-        return target
-    return _atomic_build(target, write_fixture)
+    return build_once(cache_root() / f"mmau_pro_smoke-v{SMOKE_VERSION}", write_fixture, ("test.parquet",))
 
 
 class OverlapJudge:

@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -309,24 +306,14 @@ def build_smoke_model(tok):
 
 
 def smoke_model_path() -> Path:
-    """Build (once) and return the folder of the tiny random Qwen3-VL; safe against concurrent builders."""
-    from oscar_eval.smoke import cache_root
+    """Build (once) and return the folder of the tiny random Qwen3-VL."""
+    from oscar_eval.smoke import build_once, cache_root
 
-    target = cache_root() / f"{SMOKE_LABEL}-v{SMOKE_VERSION}"
-    if (target / "config.json").is_file() and (target / "preprocessor_config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smoke-vl-", dir=target.parent))
-    try:
+    def build(folder: Path) -> None:
         tok = build_smoke_tokenizer()
-        build_smoke_model(tok).save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        build_smoke_image_processor().save_pretrained(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process won the race; use its copy
-            pass
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        build_smoke_model(tok).save_pretrained(folder)
+        tok.save_pretrained(folder)
+        build_smoke_image_processor().save_pretrained(folder)
+
+    return build_once(cache_root() / f"{SMOKE_LABEL}-v{SMOKE_VERSION}", build,
+                      ("config.json", "preprocessor_config.json"))
