@@ -38,6 +38,7 @@ class Case:
     note: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
     check: Callable[[], float] | None = None  # relative error against a reference, when cheap
+    state: Any = None  # the arm's own objects (e.g. its cache), for inspection; never written out
 
 
 def _nbytes(*ts: torch.Tensor) -> int:
@@ -231,7 +232,7 @@ def build_bf16_dynamic(attn: str, batch: int, context: int, s: pl.Shape, device)
         attend(k, v)
 
     one = rf.kv_bytes("bf16", batch, context, s.num_kv_heads, s.head_dim)
-    return Case(fn, 1, int(one), use_graph=False,
+    return Case(fn, 1, int(one), use_graph=False, state=cache,
                 note=f"DynamicCache torch.cat append + {attn} attention, eager (the cache grows 1 token per call)")
 
 

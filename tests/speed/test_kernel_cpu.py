@@ -25,11 +25,12 @@ def test_cpu_cases_build_and_step(impl):
 
 
 def test_dynamic_cache_grows_one_token_per_call():
-    case = K.BUILDERS["bf16-dynamic-flash"](1, 64, SHAPE, "cpu")
-    for _ in range(3):
-        case.fn()
-    # nothing to assert on the private cache; the call must keep working as it grows
-    case.fn()
+    for impl in ("bf16-dynamic-flash", "bf16-dynamic-eager"):
+        case = K.BUILDERS[impl](1, 64, SHAPE, "cpu")
+        assert case.state.get_seq_length() == 64
+        for calls in range(1, 4):
+            case.fn()
+            assert case.state.get_seq_length() == 64 + calls, impl
 
 
 def test_kernel_impls_explain_why_they_cannot_run_here():
