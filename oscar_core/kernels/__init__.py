@@ -148,26 +148,6 @@ def _use_cuda(*tensors: torch.Tensor, force_fallback: bool) -> bool:
 
 
 @dataclass
-class KernelKeys:
-    """Packed OScaR keys: ``data`` uint8 ``[N, H, G, 1536]``, ``norm`` fp32 ``[N, >= G*32]``."""
-
-    data: torch.Tensor
-    norm: torch.Tensor
-
-    @property
-    def num_tokens(self) -> int:
-        return self.data.shape[2] * GROUP
-
-    def copy_into(self, dst: KernelKeys, token_start: int) -> None:
-        """Write these tokens into a larger (capacity) buffer at ``token_start`` (a multiple of 32)."""
-        if token_start % GROUP:
-            raise ValueError(f"token_start {token_start} is not a multiple of {GROUP}")
-        g0, n = token_start // GROUP, self.data.shape[2]
-        dst.data[:, :, g0 : g0 + n].copy_(self.data)
-        dst.norm[:, token_start : token_start + n * GROUP].copy_(self.norm[:, : n * GROUP])
-
-
-@dataclass
 class KernelValues:
     """Packed values: ``data`` uint8 ``[N, H, G, 1536]``."""
 
@@ -178,10 +158,23 @@ class KernelValues:
         return self.data.shape[2] * GROUP
 
     def copy_into(self, dst: KernelValues, token_start: int) -> None:
+        """Write these tokens into a larger (capacity) buffer at ``token_start`` (a multiple of 32)."""
         if token_start % GROUP:
             raise ValueError(f"token_start {token_start} is not a multiple of {GROUP}")
         g0, n = token_start // GROUP, self.data.shape[2]
         dst.data[:, :, g0 : g0 + n].copy_(self.data)
+
+
+@dataclass
+class KernelKeys(KernelValues):
+    """Packed OScaR keys: the values' layout plus the token norms ``norm`` fp32 ``[N, >= G*32]``."""
+
+    norm: torch.Tensor
+
+    def copy_into(self, dst: KernelKeys, token_start: int) -> None:
+        super().copy_into(dst, token_start)
+        n = self.num_tokens
+        dst.norm[:, token_start : token_start + n].copy_(self.norm[:, :n])
 
 
 def alloc_keys(batch: int, kv_heads: int, capacity: int, device: torch.device | str) -> KernelKeys:
