@@ -32,3 +32,19 @@ def smoke_model(smoke_cache) -> Path:
     from oscar_eval.smoke import smoke_model_path
 
     return smoke_model_path()
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """Run `oscar-eval ARGV` in-process: (exit code, stdout, stderr)."""
+    from oscar_eval.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def error_line(err: str) -> str:
+    """The one `oscar-eval: error:` line of stderr (there must be exactly one)."""
+    lines = [x for x in err.splitlines() if x.startswith("oscar-eval: error:")]
+    assert len(lines) == 1, err
+    return lines[0]

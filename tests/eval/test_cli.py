@@ -4,39 +4,25 @@ from __future__ import annotations
 
 import json
 
-from oscar_eval.cli import main
-
-from .conftest import SMOKE_DATA
-
-
-def _run(capsys, *argv) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _error_line(err: str) -> str:
-    lines = [x for x in err.splitlines() if x.startswith("oscar-eval: error:")]
-    assert len(lines) == 1, err
-    return lines[0]
+from .conftest import SMOKE_DATA, error_line, run_cli
 
 
 def test_unknown_method(capsys, tmp_path, smoke_cache):
-    code, _, err = _run(capsys, "run", "longbench", "--method", "nosuchmethod", "--results", str(tmp_path))
-    assert code == 2 and "nosuchmethod" in _error_line(err)
+    code, _, err = run_cli(capsys, "run", "longbench", "--method", "nosuchmethod", "--results", str(tmp_path))
+    assert code == 2 and "nosuchmethod" in error_line(err)
     assert not (tmp_path / "runs").exists()
 
 
 def test_unknown_subset(capsys, tmp_path, smoke_cache):
-    code, _, err = _run(capsys, "run", "longbench", "--method", "fp16", "--subsets", "qasper_e", "bogus_e",
+    code, _, err = run_cli(capsys, "run", "longbench", "--method", "fp16", "--subsets", "qasper_e", "bogus_e",
                         "--results", str(tmp_path))
-    assert code == 2 and "bogus_e" in _error_line(err)
+    assert code == 2 and "bogus_e" in error_line(err)
 
 
 def test_missing_data_dir(capsys, tmp_path, smoke_model):
-    code, _, err = _run(capsys, "run", "longbench", "--model", str(smoke_model), "--method", "fp16",
+    code, _, err = run_cli(capsys, "run", "longbench", "--model", str(smoke_model), "--method", "fp16",
                         "--data-dir", str(tmp_path / "nowhere"), "--results", str(tmp_path))
-    assert code == 2 and str(tmp_path / "nowhere") in _error_line(err)
+    assert code == 2 and str(tmp_path / "nowhere") in error_line(err)
 
 
 def test_malformed_jsonl_names_file_and_line(capsys, tmp_path, smoke_model):
@@ -44,39 +30,39 @@ def test_malformed_jsonl_names_file_and_line(capsys, tmp_path, smoke_model):
     data.mkdir()
     good = (SMOKE_DATA / "trec_e.jsonl").read_text().splitlines()
     (data / "trec_e.jsonl").write_text(good[0] + "\n" + good[1] + "\n" + good[2][:40] + "\n")
-    code, _, err = _run(capsys, "run", "longbench", "--model", str(smoke_model), "--method", "fp16",
+    code, _, err = run_cli(capsys, "run", "longbench", "--model", str(smoke_model), "--method", "fp16",
                         "--data-dir", str(data), "--subsets", "trec_e", "--results", str(tmp_path / "res"))
-    line = _error_line(err)
+    line = error_line(err)
     assert code == 2 and f"{data / 'trec_e.jsonl'}:3" in line
     assert not (tmp_path / "res" / "runs").exists()  # rejected before any model work
 
 
 def test_model_without_data_dir(capsys, tmp_path, smoke_model):
-    code, _, err = _run(capsys, "run", "longbench", "--model", str(smoke_model), "--method", "fp16")
-    assert code == 2 and "--data-dir" in _error_line(err)
+    code, _, err = run_cli(capsys, "run", "longbench", "--model", str(smoke_model), "--method", "fp16")
+    assert code == 2 and "--data-dir" in error_line(err)
 
 
 def test_bad_override(capsys, tmp_path, smoke_cache):
-    code, _, err = _run(capsys, "run", "longbench", "--method", "kivi", "--set", "nonsense=3",
+    code, _, err = run_cli(capsys, "run", "longbench", "--method", "kivi", "--set", "nonsense=3",
                         "--results", str(tmp_path))
-    assert code == 2 and "nonsense" in _error_line(err)
+    assert code == 2 and "nonsense" in error_line(err)
 
 
 def test_existing_run_needs_resume_or_overwrite(capsys, tmp_path, smoke_cache):
     args = ["run", "longbench", "--method", "fp16", "--subsets", "trec_e", "--limit", "1", "--results",
             str(tmp_path), "--no-progress"]
-    code, out, err = _run(capsys, *args)
+    code, out, err = run_cli(capsys, *args)
     assert code == 0 and "SMOKE CONFIGURATION" in err and "Average" in out
-    code, _, err = _run(capsys, *args)
-    assert code == 2 and "--resume" in _error_line(err)
-    assert _run(capsys, *args, "--resume")[0] == 0
-    assert _run(capsys, *args, "--overwrite")[0] == 0
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and "--resume" in error_line(err)
+    assert run_cli(capsys, *args, "--resume")[0] == 0
+    assert run_cli(capsys, *args, "--overwrite")[0] == 0
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert len((run_dir / "records.jsonl").read_text().splitlines()) == 1
 
 
 def test_manifest_has_full_provenance(capsys, tmp_path, smoke_cache):
-    code, _, _ = _run(capsys, "run", "longbench", "--method", "fp16", "--set", "fp16.residual_length=0",
+    code, _, _ = run_cli(capsys, "run", "longbench", "--method", "fp16", "--set", "fp16.residual_length=0",
                       "--subsets", "lcc_e", "--limit", "1", "--results", str(tmp_path), "--no-progress")
     assert code == 0
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -96,7 +82,7 @@ def test_manifest_has_full_provenance(capsys, tmp_path, smoke_cache):
 
 
 def test_list(capsys):
-    code, out, _ = _run(capsys, "list")
+    code, out, _ = run_cli(capsys, "list")
     assert code == 0
     assert "methods:" in out and "oscar" in out and "kivi" in out and "fp16" in out
     assert "longbench_e" in out and "LlamaForCausalLM" in out

@@ -15,8 +15,10 @@ import pytest
 from oscar_eval.benchmarks import get_benchmark
 from oscar_eval.benchmarks.base import Item, ItemError
 from oscar_eval.benchmarks.ocrbench import OCRBench, parse_answer
-from oscar_eval.cli import UserError, main
+from oscar_eval.cli import UserError
 from oscar_eval.scoring import ocrbench as ocr
+
+from .conftest import error_line, run_cli
 
 HME = ocr.HME
 SMOKE_TSV = Path(__file__).resolve().parents[2] / "oscar_eval" / "data" / "ocrbench_smoke" / "OCRBench.tsv"
@@ -202,16 +204,6 @@ def test_group_and_total_arithmetic():
 
 
 # -- CLI: errors and the smoke run ---------------------------------------------------------------
-def _run(capsys, *argv) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _error_line(err: str) -> str:
-    lines = [x for x in err.splitlines() if x.startswith("oscar-eval: error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -222,13 +214,13 @@ def vl_model(smoke_cache) -> Path:
 
 
 def test_missing_data_is_a_one_line_error(capsys, tmp_path, vl_model):
-    code, _, err = _run(capsys, "run", "ocrbench", "--model", str(vl_model), "--method", "fp16",
+    code, _, err = run_cli(capsys, "run", "ocrbench", "--model", str(vl_model), "--method", "fp16",
                         "--data-dir", str(tmp_path / "nowhere"), "--results", str(tmp_path / "r"))
-    assert code == 2 and str(tmp_path / "nowhere") in _error_line(err)
+    assert code == 2 and str(tmp_path / "nowhere") in error_line(err)
     (tmp_path / "empty").mkdir()
-    code, _, err = _run(capsys, "run", "ocrbench", "--model", str(vl_model), "--method", "fp16",
+    code, _, err = run_cli(capsys, "run", "ocrbench", "--model", str(vl_model), "--method", "fp16",
                         "--data-dir", str(tmp_path / "empty"), "--results", str(tmp_path / "r"))
-    line = _error_line(err)
+    line = error_line(err)
     assert code == 2 and "OCRBench.tsv" in line and "echo840/OCRBench" in line
     assert not (tmp_path / "r" / "runs").exists()
 
@@ -238,7 +230,7 @@ def test_malformed_row_is_recorded_and_the_run_continues(capsys, tmp_path, vl_mo
         ["0", _b64(_png()), "what is written?", "['a']", "Regular Text Recognition"],
         ["1", _b64(_png()), "what is written?", "os.system('x')", "Regular Text Recognition"],
     ])
-    code, _, err = _run(capsys, "run", "ocrbench", "--model", str(vl_model), "--method", "fp16", "--data-dir",
+    code, _, err = run_cli(capsys, "run", "ocrbench", "--model", str(vl_model), "--method", "fp16", "--data-dir",
                         str(tmp_path / "data"), "--results", str(tmp_path / "r"), "--no-progress")
     assert code == 0, err
     (run_dir,) = (tmp_path / "r" / "runs").iterdir()
@@ -266,7 +258,7 @@ def test_qwen_vl_min_pixels_on_ocrbench(vl_model):
 
 def test_smoke_run_end_to_end_and_report(capsys, tmp_path, smoke_cache):
     results = tmp_path / "results"
-    code, out, err = _run(capsys, "run", "ocrbench", "--method", "fp16", "--method", "oscar",
+    code, out, err = run_cli(capsys, "run", "ocrbench", "--method", "fp16", "--method", "oscar",
                           "--results", str(results), "--no-progress")
     assert code == 0, err
     assert "SMOKE CONFIGURATION" in err and "Qwen3-VL" in err and "Total" in out
