@@ -14,7 +14,7 @@ int launch_pack_values(const void* v, uint8_t* out, int N, int H, int Tn, int dt
 int launch_decode(const void* q, const uint8_t* kdata, const uint8_t* vdata, const float* norms, const int* qlen,
                   const void* rk, const void* rv, const int* rlen, float* pm, float* pl, float* po, void* out,
                   int B, int Hkv, int gqa, int Gcap, int Tcap, int R, int nsplit, int gps, float scale_log2,
-                  int dtype, int phases, cudaStream_t stream);
+                  int dtype, int phases, bool float_min, bool rotate, cudaStream_t stream);
 int decode_smem_bytes();
 }  // namespace oscar
 
@@ -72,7 +72,7 @@ void pack_values(torch::Tensor v, torch::Tensor out) {
 void decode(torch::Tensor q, torch::Tensor kdata, torch::Tensor vdata, torch::Tensor norms, torch::Tensor qlen,
             torch::Tensor rk, torch::Tensor rv, torch::Tensor rlen, torch::Tensor pm, torch::Tensor pl,
             torch::Tensor po, torch::Tensor out, int64_t nsplit, int64_t gps, double scale_log2,
-            int64_t phases) {
+            int64_t phases, bool float_min, bool rotate) {
   for (auto* t : {&q, &kdata, &vdata, &norms, &qlen, &rk, &rv, &rlen, &pm, &pl, &po, &out}) check_cuda(*t, "input");
   TORCH_CHECK(q.dim() == 3 && q.size(2) == kD, "q must be [B, Hq, 128]");
   const int64_t B = q.size(0), Hq = q.size(1);
@@ -82,8 +82,11 @@ void decode(torch::Tensor q, torch::Tensor kdata, torch::Tensor vdata, torch::Te
   TORCH_CHECK(Hq % Hkv == 0, "query heads must be a multiple of kv heads");
   const int64_t gqa = Hq / Hkv;
   TORCH_CHECK(gqa == 1 || gqa == 2 || gqa == 4 || gqa == 8, "GQA group must be 1, 2, 4 or 8");
-  TORCH_CHECK(norms.dim() == 2 && norms.size(0) == B && norms.size(1) >= Gcap * 32 && norms.size(1) % 32 == 0,
-              "norms must be [B, >= G*32] (a multiple of 32)");
+  // an empty norms tensor means no token scaling (KIVI)
+  const bool has_norms = norms.numel() > 0;
+  TORCH_CHECK(!has_norms || (norms.dim() == 2 && norms.size(0) == B && norms.size(1) >= Gcap * 32 &&
+                             norms.size(1) % 32 == 0),
+              "norms must be [B, >= G*32] (a multiple of 32) or empty");
   TORCH_CHECK(norms.scalar_type() == torch::kFloat, "norms must be float32");
   TORCH_CHECK(rk.dim() == 4 && rk.size(0) == B && rk.size(1) == Hkv && rk.size(3) == kD, "rk must be [B, Hkv, R, 128]");
   TORCH_CHECK(rv.sizes() == rk.sizes(), "rv must match rk");
@@ -95,10 +98,11 @@ void decode(torch::Tensor q, torch::Tensor kdata, torch::Tensor vdata, torch::Te
   TORCH_CHECK(out.sizes() == q.sizes() && out.scalar_type() == q.scalar_type(), "bad out");
   const c10::cuda::CUDAGuard guard(q.device());
   check_rc(oscar::launch_decode(q.data_ptr(), kdata.data_ptr<uint8_t>(), vdata.data_ptr<uint8_t>(),
-                                norms.data_ptr<float>(), qlen.data_ptr<int>(), rk.data_ptr(), rv.data_ptr(),
+                                has_norms ? norms.data_ptr<float>() : nullptr, qlen.data_ptr<int>(), rk.data_ptr(), rv.data_ptr(),
                                 rlen.data_ptr<int>(), pm.data_ptr<float>(), pl.data_ptr<float>(), po.data_ptr<float>(),
-                                out.data_ptr(), B, Hkv, gqa, Gcap, norms.size(1), rk.size(2), nsplit, gps,
-                                static_cast<float>(scale_log2), dtype_code(q), static_cast<int>(phases), c10::cuda::getCurrentCUDAStream().stream()),
+                                out.data_ptr(), B, Hkv, gqa, Gcap, has_norms ? norms.size(1) : 0, rk.size(2), nsplit, gps,
+                                static_cast<float>(scale_log2), dtype_code(q), static_cast<int>(phases), float_min,
+                                rotate, c10::cuda::getCurrentCUDAStream().stream()),
            "decode_attention");
 }
 

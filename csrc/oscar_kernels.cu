@@ -61,13 +61,27 @@ struct Cvt<__half> {
 // The one quantizer (integer zero point, 2 bits), bit-for-bit as oscar_core/quant.py.
 // ------------------------------------------------------------------------------------------------
 struct QParams {
-  float s;  // fp32 value of the stored fp16 scale
-  float z;  // fp32 value of the stored fp16 zero point
+  float s;   // fp32 value of the stored fp16 scale
+  float rs;  // RN(1 / s)
+  float z;   // fp32 value of the stored fp16 zero point
   __half s16, z16;
 };
 
+// The IEEE division, out of line: its slow path inlined at every call site made the pack kernels'
+// code large enough to be instruction-fetch bound (~30 us for a single CTA).
+__device__ __noinline__ float fdiv_rn_call(float a, float b) { return __fdiv_rn(a, b); }
+
+// a / b correctly rounded, given rb = RN(1/b), for b > 0 normal and a quotient that is not subnormal:
+// Markstein's theorem (q0 = a * rb is faithful; the FMA residual is exact; one correction rounds right).
+// copysign keeps the sign of a zero quotient.
+__device__ __forceinline__ float div_rn(float a, float b, float rb) {
+  const float q0 = a * rb;
+  const float r = fmaf(-q0, b, a);
+  return copysignf(fmaf(r, rb, q0), a);
+}
+
 __device__ __forceinline__ QParams int_zero_params(float mx, float mn) {
-  float scale = __fdiv_rn(mx - mn, 3.0f);
+  float scale = fdiv_rn_call(mx - mn, 3.0f);
   float mag = fmaxf(fabsf(mx), fabsf(mn));
   scale = fmaxf(scale, mag * 0.0009765625f);
   if (!(scale > 0.f)) scale = 1.f;
@@ -77,18 +91,21 @@ __device__ __forceinline__ QParams int_zero_params(float mx, float mn) {
     s = 1.f;
     s16 = __float2half_rn(1.f);
   }
-  float z = rintf(__fdiv_rn(-mn, s));
+  float z = rintf(fdiv_rn_call(-mn, s));
   z = fminf(fmaxf(z, -65504.f), 65504.f);
   QParams p;
   p.s = s;
+  p.rs = __frcp_rn(s);
   p.s16 = s16;
   p.z16 = __float2half_rn(z);
   p.z = __half2float(p.z16);
   return p;
 }
 
+// round(x / s) + z clamped to [0, 3]; x / s is within 1024 in magnitude (the scale floor), and a tiny
+// quotient rounds to 0 whichever way its last bit goes, so div_rn is exact for the code.
 __device__ __forceinline__ uint32_t int_zero_code(float x, const QParams& p) {
-  float q = rintf(__fdiv_rn(x, p.s)) + p.z;
+  float q = rintf(div_rn(x, p.s, p.rs)) + p.z;
   q = fminf(fmaxf(q, 0.f), 3.f);
   return static_cast<uint32_t>(q);
 }
@@ -149,90 +166,183 @@ __device__ __forceinline__ void store_packed_words(const uint8_t* codes_tc, uint
   }
 }
 
+__device__ __forceinline__ void cp_async16(void* smem_ptr, const void* gmem_ptr) {
+  uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem_ptr));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem_ptr));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
 // ------------------------------------------------------------------------------------------------
-// Pack keys: grid (T/32, N), 128 threads; dynamic smem: H*32*128 T (rounded rotated keys) + 4096 codes
-// + 32 norms. Hadamard (normalized Sylvester, same butterfly order as oscar_core/hadamard.py) in fp32,
-// rounded to the input dtype (as the reference's rotation returns the input dtype), token norm over
-// all heads in fp32, per-channel groups of 32 tokens, integer zero point.
+// Pack keys: grid (T/32, N), 128 threads (4 warps), dynamic smem kPackSmem(H). One CTA quantizes one
+// 32-token group of every kv head (the token norm spans all heads).
+//  1. cp.async of every head's 32x128 tile into padded smem rows (272 B: conflict-free 16-byte accesses).
+//  2. Warp w rotates heads w, w+4, ...: lane = token, the 128 channels in registers, the FWHT in the
+//     reference's butterfly order (stages 1..64, (a+b, a-b)) in fp32, times 1/sqrt(128), rounded to the
+//     input dtype as the reference's rotation returns it, written back in place; per-head sums of squares.
+//  3. fp32 token norm over all heads (0 counts as 1) and its correctly rounded reciprocal.
+//  4. Warp w quantizes heads w, w+4, ...: lane = 4 channels x 32 tokens (per-channel groups are lane-local):
+//     x = rotated / norm and round(x / s), both correctly rounded divisions (div_rn: q = a * rcp(b), one
+//     FMA residual correction), the integer-zero-point parameters of quant.py, codes assembled into the
+//     fragment-order words in registers (one shuffle joins the two lanes that share a word).
 // ------------------------------------------------------------------------------------------------
+constexpr int kPackRow = kD + 8;  // elements per padded smem row
+__host__ __device__ constexpr size_t pack_keys_smem(int H, size_t elem) {
+  return static_cast<size_t>(H) * kGT * kPackRow * elem + static_cast<size_t>(H) * kGT * 4 + 2 * kGT * 4;
+}
+
+
 template <typename T>
-__global__ void __launch_bounds__(128) pack_keys_kernel(const T* __restrict__ k, uint8_t* __restrict__ out,
-                                                         float* __restrict__ norms, int H, int Tn, int G) {
+__global__ void __launch_bounds__(128, 3) pack_keys_kernel(const T* __restrict__ k, uint8_t* __restrict__ out,
+                                                            float* __restrict__ norms, int H, int Tn, int G) {
   extern __shared__ __align__(16) uint8_t smem[];
-  T* rot = reinterpret_cast<T*>(smem);                                  // [H][32][128]
-  uint8_t* codes = smem + static_cast<size_t>(H) * kGT * kD * sizeof(T);  // [32][128]
-  float* nrm = reinterpret_cast<float*>(codes + kGT * kD);              // [32]
+  T* rot = reinterpret_cast<T*>(smem);  // [H][32][kPackRow]
+  float* ssq = reinterpret_cast<float*>(smem + static_cast<size_t>(H) * kGT * kPackRow * sizeof(T));  // [H][32]
+  float* nrm = ssq + H * kGT;  // [32]
+  float* rcp = nrm + kGT;      // [32]
   const int gi = blockIdx.x, n = blockIdx.y;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  float sumsq[8];
+  constexpr int kChunks = kGT * kD * static_cast<int>(sizeof(T)) / 16;  // 16-byte chunks per head tile (512)
+  constexpr int kRowChunks = kD * static_cast<int>(sizeof(T)) / 16;     // per token row (16)
+
+  // 1. all of this warp's heads in flight at once
+  for (int h = warp; h < H; h += 4) {
+    const uint8_t* src = reinterpret_cast<const uint8_t*>(k + ((static_cast<size_t>(n) * H + h) * Tn + gi * kGT) * kD);
+    uint8_t* dst = reinterpret_cast<uint8_t*>(rot + static_cast<size_t>(h) * kGT * kPackRow);
+#pragma unroll 4
+    for (int c = lane; c < kChunks; c += 32)
+      cp_async16(dst + (c / kRowChunks) * kPackRow * sizeof(T) + (c % kRowChunks) * 16, src + c * 16);
+  }
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncwarp();
+
+  // 2. rotate
+  for (int h = warp; h < H; h += 4) {
+    T* row = rot + (static_cast<size_t>(h) * kGT + lane) * kPackRow;
+    float x[kD];
 #pragma unroll
-  for (int i = 0; i < 8; ++i) sumsq[i] = 0.f;
-  for (int h = 0; h < H; ++h) {
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const int t = warp * 8 + i;
-      const T* src = k + ((static_cast<size_t>(n) * H + h) * Tn + gi * kGT + t) * kD + lane * 4;
-      uint2 raw = *reinterpret_cast<const uint2*>(src);
+    for (int j = 0; j < kRowChunks; ++j) {
+      const uint4 raw = reinterpret_cast<const uint4*>(row)[j];
       const T* e = reinterpret_cast<const T*>(&raw);
-      float a0 = Cvt<T>::to_f(e[0]), a1 = Cvt<T>::to_f(e[1]), a2 = Cvt<T>::to_f(e[2]),
-            a3 = Cvt<T>::to_f(e[3]);
-      // stage h=1: pairs (0,1), (2,3); stage h=2: pairs (0,2), (1,3)
-      float y0 = a0 + a1, y1 = a0 - a1, y2 = a2 + a3, y3 = a2 - a3;
-      float v[4] = {y0 + y2, y1 + y3, y0 - y2, y1 - y3};
 #pragma unroll
-      for (int m = 1; m <= 16; m <<= 1) {
-        const bool upper = (lane & m) != 0;
+      for (int i = 0; i < 8; ++i) x[j * 8 + i] = Cvt<T>::to_f(e[i]);
+    }
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          float p = __shfl_xor_sync(0xffffffffu, v[j], m);
-          v[j] = upper ? (p - v[j]) : (v[j] + p);
+    for (int hh = 1; hh < kD; hh <<= 1) {
+#pragma unroll
+      for (int i = 0; i < kD; ++i) {
+        if (!(i & hh)) {
+          const float a = x[i], b = x[i + hh];
+          x[i] = a + b;
+          x[i + hh] = a - b;
         }
       }
-      T r[4];
-      float ss = 0.f;
+    }
+    float ss = 0.f;
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        r[j] = Cvt<T>::from_f(v[j] * kInvSqrtD);
-        float f = Cvt<T>::to_f(r[j]);
-        ss += f * f;
+    for (int j = 0; j < kRowChunks; ++j) {
+      uint4 raw;
+      T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        e[i] = Cvt<T>::from_f(x[j * 8 + i] * kInvSqrtD);
+        const float f = Cvt<T>::to_f(e[i]);
+        ss = fmaf(f, f, ss);
       }
-      sumsq[i] += ss;
-      *reinterpret_cast<uint2*>(rot + (static_cast<size_t>(h) * kGT + t) * kD + lane * 4) =
-          *reinterpret_cast<uint2*>(r);
+      reinterpret_cast<uint4*>(row)[j] = raw;
     }
-  }
-#pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    float s = sumsq[i];
-#pragma unroll
-    for (int m = 16; m >= 1; m >>= 1) s += __shfl_xor_sync(0xffffffffu, s, m);
-    if (lane == 0) {
-      float nv = sqrtf(s);
-      nv = nv > 0.f ? nv : 1.f;
-      nrm[warp * 8 + i] = nv;
-      norms[static_cast<size_t>(n) * Tn + gi * kGT + warp * 8 + i] = nv;
-    }
+    ssq[h * kGT + lane] = ss;
   }
   __syncthreads();
-  const int c = tid;  // channel
-  for (int h = 0; h < H; ++h) {
-    uint8_t* blk = out + ((static_cast<size_t>(n) * H + h) * G + gi) * kBlk;
-    float x[kGT];
-    float mx = -INFINITY, mn = INFINITY;
+
+  // 3. token norms
+  if (warp == 0) {
+    float s = 0.f;
+    for (int h = 0; h < H; ++h) s += ssq[h * kGT + lane];
+    float nv = sqrtf(s);
+    nv = nv > 0.f ? nv : 1.f;
+    nrm[lane] = nv;
+    rcp[lane] = __frcp_rn(nv);
+    norms[static_cast<size_t>(n) * Tn + gi * kGT + lane] = nv;
+  }
+  __syncthreads();
+
+  // 4. quantize and pack; lane = channels 4 lane .. 4 lane + 3
+  const int chi = (lane >> 1) & 1;   // which 8-channel half of its 16-channel tile
+  const int t4w = 2 * (lane & 1) + chi;  // the fragment column (t4) of the words this lane writes
+  const int ct = lane >> 2;          // the 16-channel tile = the word index
+  for (int h = warp; h < H; h += 4) {
+    const T* tile = rot + static_cast<size_t>(h) * kGT * kPackRow + 4 * lane;
+    float x[kGT][4];  // x = rotated / norm, token t, channel 4 lane + j
+    float mx[4], mn[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      mx[j] = -INFINITY;
+      mn[j] = INFINITY;
+    }
 #pragma unroll
     for (int t = 0; t < kGT; ++t) {
-      x[t] = __fdiv_rn(Cvt<T>::to_f(rot[(static_cast<size_t>(h) * kGT + t) * kD + c]), nrm[t]);
-      mx = fmaxf(mx, x[t]);
-      mn = fminf(mn, x[t]);
-    }
-    QParams p = int_zero_params(mx, mn);
+      const uint2 raw = *reinterpret_cast<const uint2*>(tile + t * kPackRow);
+      const T* e = reinterpret_cast<const T*>(&raw);
+      const float nv = nrm[t], rn = rcp[t];
+      float a[4];
 #pragma unroll
-    for (int t = 0; t < kGT; ++t) codes[t * kD + c] = static_cast<uint8_t>(int_zero_code(x[t], p));
-    reinterpret_cast<__half*>(blk + 1024)[meta_pos(c, 0, true)] = p.s16;
-    reinterpret_cast<__half*>(blk + 1280)[meta_pos(c, 0, true)] = __float2half_rn(p.z + 1024.f);
-    __syncthreads();
-    store_packed_words<true>(codes, blk, tid, 128);
-    __syncthreads();
+      for (int j = 0; j < 4; ++j) {
+        a[j] = Cvt<T>::to_f(e[j]);
+        x[t][j] = div_rn(a[j], nv, rn);
+      }
+      // a tiny nonzero |a| could give a subnormal quotient, where the Markstein step may be off by an
+      // ulp: those (practically never taken) take the IEEE division; one branch per token
+      const float amin = fminf(fminf(fabsf(a[0]), fabsf(a[1])), fminf(fabsf(a[2]), fabsf(a[3])));
+      if (amin < 1e-30f) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) x[t][j] = fdiv_rn_call(a[j], nv);
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        mx[j] = fmaxf(mx[j], x[t][j]);
+        mn[j] = fminf(mn[j], x[t][j]);
+      }
+    }
+    uint8_t* blk = out + ((static_cast<size_t>(n) * H + h) * G + gi) * kBlk;
+    float s[4], rs[4];
+    int zi[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const QParams p = int_zero_params(mx[j], mn[j]);
+      s[j] = p.s;
+      rs[j] = p.rs;
+      zi[j] = static_cast<int>(p.z);
+      const int c = 4 * lane + j;
+      reinterpret_cast<__half*>(blk + 1024)[meta_pos(c, 0, true)] = p.s16;
+      reinterpret_cast<__half*>(blk + 1280)[meta_pos(c, 0, true)] = __float2half_rn(p.z + 1024.f);
+    }
+    // partial words: [g][jj] for tokens g, g+8, g+16, g+24 and channel pair jj, fields as if chi = 0
+    uint32_t pw[8][2];
+#pragma unroll
+    for (int g = 0; g < 8; ++g) pw[g][0] = pw[g][1] = 0u;
+#pragma unroll
+    for (int t = 0; t < kGT; ++t) {  // token t = 8 t8 + g: m-tile t8 / 2, row half t8 % 2
+      const int g = t & 7, sh = 2 * ((t >> 4) * 4 + ((t >> 3) & 1));
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        int q = __float2int_rn(div_rn(x[t][j], s[j], rs[j])) + zi[j];
+        q = min(max(q, 0), 3);
+        pw[g][j >> 1] |= static_cast<uint32_t>(q) << ((j & 1) * 16 + sh);
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < 8; ++g) {
+      const uint32_t a = pw[g][0] << (4 * chi), b = pw[g][1] << (4 * chi);
+      const uint32_t mine = chi ? b : a, other = chi ? a : b;
+      const uint32_t w = mine | __shfl_xor_sync(0xffffffffu, other, 2);
+      const int wl = g * 4 + t4w;
+      *reinterpret_cast<uint32_t*>(blk + ((ct >> 2) * 32 + wl) * 16 + (ct & 3) * 4) = w;
+    }
   }
 }
 
@@ -274,16 +384,6 @@ __global__ void __launch_bounds__(128) pack_values_kernel(const T* __restrict__ 
 // ------------------------------------------------------------------------------------------------
 // Decode attention.
 // ------------------------------------------------------------------------------------------------
-__device__ __forceinline__ void cp_async16(void* smem_ptr, const void* gmem_ptr) {
-  uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem_ptr));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem_ptr));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
 __device__ __forceinline__ uint32_t h2u(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
 __device__ __forceinline__ __half2 u2h(uint32_t u) { return *reinterpret_cast<__half2*>(&u); }
 
@@ -339,6 +439,7 @@ struct DecodeParams {
   int Hkv, Gcap, Tcap, R, nsplit, gps;  // splits: nsplit quantized + ceil(R/32) residual
   float scale_log2;       // softmax scale * log2(e)
   int mode;               // diagnostics: 4 = loads only (no math), 8 = math only (no loads); 0 normally
+  int rotate;             // 1: Hadamard-rotate the query (OScaR); 0: keys are in the query's basis (KIVI)
 };
 
 // smem layout of the decode CTA: q [8][128] fp32 (4 KB), then per-warp pipeline stages; the merge area
@@ -348,7 +449,9 @@ constexpr int kPipeBytes = kNW * kStages * kStageBytes;
 constexpr int kMergeBytes = (2 * kNW * 8 + kNW * 8 * kD) * 4;
 constexpr int kDecodeSmem = kQBytes + (kPipeBytes > kMergeBytes ? kPipeBytes : kMergeBytes);
 
-template <typename T, int GQA>
+// FM = float-minimum metadata (KIVI: x = s * code + mn, the stored "zero" is mn); otherwise the integer
+// zero point (stored 1024 + z). Token norms are optional (P.norms == nullptr: no token scaling).
+template <typename T, int GQA, bool FM>
 __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
   extern __shared__ __align__(16) uint8_t smem[];
   float* qs = reinterpret_cast<float*>(smem);
@@ -373,7 +476,9 @@ __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
   const size_t head_base = (static_cast<size_t>(b) * P.Hkv + hk) * P.Gcap;
   const uint8_t* kbase = P.kdata + head_base * kBlk;
   const uint8_t* vbase = P.vdata + head_base * kBlk;
-  const float* nbase = P.norms + static_cast<size_t>(b) * P.Tcap;
+  const bool has_norm = P.norms != nullptr;
+  const float* nbase = has_norm ? P.norms + static_cast<size_t>(b) * P.Tcap : nullptr;
+  const int stage_chunks = has_norm ? kStageChunks : kStageChunks - kGT * 4 / 16;
   uint8_t* wpipe = pipe + warp * kStages * kStageBytes;
 
   auto issue = [&](int i) {
@@ -383,7 +488,7 @@ __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
     const uint8_t* vs = vbase + static_cast<size_t>(gi) * kBlk;
     const uint8_t* ns = reinterpret_cast<const uint8_t*>(nbase + gi * kGT);
 #pragma unroll
-    for (int c = lane; c < kStageChunks; c += 32) {
+    for (int c = lane; c < stage_chunks; c += 32) {
       const uint8_t* src = c < 96 ? ks + c * 16 : c < 192 ? vs + (c - 96) * 16 : ns + (c - 192) * 16;
       cp_async16(dst + c * 16, src);
     }
@@ -423,25 +528,31 @@ __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
       const T* e = reinterpret_cast<const T*>(&raw);
       const float a0 = Cvt<T>::to_f(e[0]), a1 = Cvt<T>::to_f(e[1]), a2 = Cvt<T>::to_f(e[2]),
                   a3 = Cvt<T>::to_f(e[3]);
-      const float y0 = a0 + a1, y1 = a0 - a1, y2 = a2 + a3, y3 = a2 - a3;  // butterflies h = 1, 2
-      v[0] = y0 + y2;
-      v[1] = y1 + y3;
-      v[2] = y0 - y2;
-      v[3] = y1 - y3;
+      v[0] = a0;
+      v[1] = a1;
+      v[2] = a2;
+      v[3] = a3;
+      if (P.rotate) {
+        const float y0 = a0 + a1, y1 = a0 - a1, y2 = a2 + a3, y3 = a2 - a3;  // butterflies h = 1, 2
+        v[0] = y0 + y2;
+        v[1] = y1 + y3;
+        v[2] = y0 - y2;
+        v[3] = y1 - y3;
 #pragma unroll
-      for (int m = 1; m <= 16; m <<= 1) {  // butterflies h = 4 .. 64 across lanes
-        const bool upper = (lane & m) != 0;
+        for (int m = 1; m <= 16; m <<= 1) {  // butterflies h = 4 .. 64 across lanes
+          const bool upper = (lane & m) != 0;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const float p = __shfl_xor_sync(0xffffffffu, v[i], m);
-          v[i] = upper ? (p - v[i]) : (v[i] + p);
+          for (int i = 0; i < 4; ++i) {
+            const float p = __shfl_xor_sync(0xffffffffu, v[i], m);
+            v[i] = upper ? (p - v[i]) : (v[i] + p);
+          }
         }
       }
     }
     *reinterpret_cast<float4*>(qs + j * kD + lane * 4) = make_float4(v[0], v[1], v[2], v[3]);
   }
   __syncthreads();
-  const float qmul = kInvSqrtD * P.scale_log2;
+  const float qmul = (P.rotate ? kInvSqrtD : 1.f) * P.scale_log2;  // the FWHT above is unnormalized
 
   float m_w[2] = {kNegBig, kNegBig};  // quantized path: heads 2t, 2t+1
   if (residual_cta) {
@@ -506,8 +617,10 @@ __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
 #pragma unroll
       for (int j = 0; j < 4; ++j) o[i][j] = 0.f;
     float l_w[2] = {0.f, 0.f};
+    float vb[4] = {0.f, 0.f, 0.f, 0.f};  // FM: sum_t p * mn, rows = the 4 channel groups, cols = heads
     // 0x64006400, opaque to the compiler (P.mode < 16, so the shift is 0)
     const uint32_t magic = 0x64006400u | (static_cast<uint32_t>(P.mode) >> 28);
+    const __half2 hmagic = u2h(magic);
 
     for (int i = 0; i < n; ++i) {
       if (i + kStages - 1 < n && !(P.mode & 8)) issue(i + kStages - 1);
@@ -540,6 +653,15 @@ __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
         const uint32_t za = (kt & 1) ? zq.z : zq.x, zb = (kt & 1) ? zq.w : zq.y;
         const uint32_t b0 = h2u(__hmul2(qh[kt][0], u2h((kt & 1) ? sq.z : sq.x)));
         const uint32_t b1 = h2u(__hmul2(qh[kt][1], u2h((kt & 1) ? sq.w : sq.y)));
+        if (FM) {
+          // codes exactly (1024 + code - 1024); the offset sum_c q_c mn_c by one MMA with A rows = mn, B = q
+          mma16816(acc[0], h2u(__hsub2(u2h(dqr<0>(w, magic)), hmagic)), h2u(__hsub2(u2h(dqr<1>(w, magic)), hmagic)),
+                   h2u(__hsub2(u2h(dqr<2>(w, magic)), hmagic)), h2u(__hsub2(u2h(dqr<3>(w, magic)), hmagic)), b0, b1);
+          mma16816(acc[1], h2u(__hsub2(u2h(dqr<4>(w, magic)), hmagic)), h2u(__hsub2(u2h(dqr<5>(w, magic)), hmagic)),
+                   h2u(__hsub2(u2h(dqr<6>(w, magic)), hmagic)), h2u(__hsub2(u2h(dqr<7>(w, magic)), hmagic)), b0, b1);
+          mma16816(accb, za, za, zb, zb, h2u(qh[kt][0]), h2u(qh[kt][1]));
+          continue;
+        }
 #if OSCAR_K_HSUB
         const __half2 hza = u2h(za), hzb = u2h(zb);
         mma16816(acc[0], h2u(__hsub2(u2h(dqr<0>(w, magic)), hza)), h2u(__hsub2(u2h(dqr<1>(w, magic)), hza)),
@@ -556,11 +678,12 @@ __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
       float mx[2] = {kNegBig, kNegBig};
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt) {
-        const float n0 = nr[mt * 16 + g], n1 = nr[mt * 16 + 8 + g];
-        acc[mt][0] = (acc[mt][0] - accb[0]) * n0;
-        acc[mt][1] = (acc[mt][1] - accb[1]) * n0;
-        acc[mt][2] = (acc[mt][2] - accb[0]) * n1;
-        acc[mt][3] = (acc[mt][3] - accb[1]) * n1;
+        const float n0 = has_norm ? nr[mt * 16 + g] : 1.f, n1 = has_norm ? nr[mt * 16 + 8 + g] : 1.f;
+        const float sb = FM ? 1.f : -1.f;  // FM adds q . mn; the integer zero point's bias is subtracted
+        acc[mt][0] = fmaf(sb, accb[0], acc[mt][0]) * n0;
+        acc[mt][1] = fmaf(sb, accb[1], acc[mt][1]) * n0;
+        acc[mt][2] = fmaf(sb, accb[0], acc[mt][2]) * n1;
+        acc[mt][3] = fmaf(sb, accb[1], acc[mt][3]) * n1;
         mx[0] = fmaxf(mx[0], fmaxf(acc[mt][0], acc[mt][2]));
         mx[1] = fmaxf(mx[1], fmaxf(acc[mt][1], acc[mt][3]));
       }
@@ -594,10 +717,23 @@ __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
           o[ct][2] *= alpha[0];
           o[ct][3] *= alpha[1];
         }
+        if (FM) {
+          vb[0] *= alpha[0];
+          vb[1] *= alpha[1];
+        }
       }
       // O^T += V^T P'^T : rows = channels (8 tiles), cols = heads, k = tokens (2 k-steps of 16).
       const uint4 vw0 = reinterpret_cast<const uint4*>(vst)[lane];
       const uint4 vw1 = reinterpret_cast<const uint4*>(vst)[32 + lane];
+      if (FM) {
+        // sum_t p_t mn_tg: one MMA per 16 tokens, A rows = the 4 groups' mn (rows 4..15 zero), B = p
+        const uint4 zg = vzz4[(g & 3) * 4];
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          const uint32_t alo = g < 4 ? (mt ? zg.z : zg.x) : 0u, ahi = g < 4 ? (mt ? zg.w : zg.y) : 0u;
+          mma16816(vb, alo, 0u, ahi, 0u, pb[mt][0], pb[mt][1]);
+        }
+      }
 #pragma unroll
       for (int grp = 0; grp < 4; ++grp) {
         const uint4 sq = vsc4[grp * 4], zq = vzz4[grp * 4];
@@ -607,7 +743,7 @@ __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
           const uint32_t b1 = h2u(__hmul2(u2h(pb[mt][1]), u2h(mt ? sq.w : sq.y)));
           // 1024 + zero is subtracted from each fp16 operand pair (exact); measured faster here than a
           // bias MMA with a negated B operand (as the keys do), which needs register copies for the quads
-          const __half2 hza = u2h(mt ? zq.z : zq.x), hzb = u2h(mt ? zq.w : zq.y);
+          const __half2 hza = FM ? hmagic : u2h(mt ? zq.z : zq.x), hzb = FM ? hmagic : u2h(mt ? zq.w : zq.y);
 #pragma unroll
           for (int cc = 0; cc < 2; ++cc) {
             const int ct = grp * 2 + cc;
@@ -629,6 +765,11 @@ __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
     for (int hc = 0; hc < 2; ++hc)
 #pragma unroll
       for (int mm = 4; mm <= 16; mm <<= 1) l_w[hc] += __shfl_xor_sync(0xffffffffu, l_w[hc], mm);
+    float bias[2][4];  // FM: the value offset of channel group grp for heads 2 t4 + hc (lane grp * 4 + t4 has it)
+#pragma unroll
+    for (int hc = 0; hc < 2; ++hc)
+#pragma unroll
+      for (int grp = 0; grp < 4; ++grp) bias[hc][grp] = FM ? __shfl_sync(0xffffffffu, vb[hc], grp * 4 + t4) : 0.f;
     __syncthreads();  // every warp is done with its pipeline stages: the merge area may be written
 #pragma unroll
     for (int hc = 0; hc < 2; ++hc) {
@@ -640,8 +781,8 @@ __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
         }
 #pragma unroll
         for (int ct = 0; ct < 8; ++ct) {
-          mg_o[(warp * 8 + hh) * kD + ct * 16 + g] = o[ct][hc];
-          mg_o[(warp * 8 + hh) * kD + ct * 16 + 8 + g] = o[ct][2 + hc];
+          mg_o[(warp * 8 + hh) * kD + ct * 16 + g] = o[ct][hc] + bias[hc][ct >> 1];
+          mg_o[(warp * 8 + hh) * kD + ct * 16 + 8 + g] = o[ct][2 + hc] + bias[hc][ct >> 1];
         }
       }
     }
@@ -670,40 +811,48 @@ __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
   }
 }
 
-// Combine the splits of one (sequence, query head): weights in smem, the S partial outputs read by four
-// warps in parallel (float4 per lane), reduced in smem. Dynamic smem: S floats.
+// Combine the splits of one (sequence, query head): weights in smem, the S partial outputs read by eight
+// warps in parallel (float4 per lane, eight loads in flight per warp), reduced in smem. Dynamic smem: S floats.
+constexpr int kCombineWarps = 8;
 template <typename T>
-__global__ void __launch_bounds__(128) combine_kernel(const float* __restrict__ pm, const float* __restrict__ pl,
-                                                       const float* __restrict__ po, T* __restrict__ out, int S) {
+__global__ void __launch_bounds__(32 * kCombineWarps) combine_kernel(const float* __restrict__ pm,
+                                                                     const float* __restrict__ pl,
+                                                                     const float* __restrict__ po,
+                                                                     T* __restrict__ out, int S) {
   extern __shared__ float wts[];  // [S]
-  __shared__ float red[4][kD];
-  __shared__ float sc[8];
+  __shared__ float red[kCombineWarps][kD];
+  __shared__ float sc[2 * kCombineWarps];
+  constexpr int kThreads = 32 * kCombineWarps;
   const int row = blockIdx.x;  // b * Hq + hq
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const float* m = pm + static_cast<size_t>(row) * S;
   const float* l = pl + static_cast<size_t>(row) * S;
   const float* o = po + static_cast<size_t>(row) * S * kD;
   float M = kNegBig;
-  for (int s = tid; s < S; s += 128) M = fmaxf(M, m[s]);
+  for (int s = tid; s < S; s += kThreads) M = fmaxf(M, m[s]);
 #pragma unroll
   for (int mm = 16; mm >= 1; mm >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, mm));
   if (lane == 0) sc[warp] = M;
   __syncthreads();
-  M = fmaxf(fmaxf(sc[0], sc[1]), fmaxf(sc[2], sc[3]));
+  M = sc[0];
+#pragma unroll
+  for (int w = 1; w < kCombineWarps; ++w) M = fmaxf(M, sc[w]);
   float L = 0.f;
-  for (int s = tid; s < S; s += 128) {
+  for (int s = tid; s < S; s += kThreads) {
     const float e = exp2f(m[s] - M);
     wts[s] = e;
     L += e * l[s];
   }
 #pragma unroll
   for (int mm = 16; mm >= 1; mm >>= 1) L += __shfl_xor_sync(0xffffffffu, L, mm);
-  if (lane == 0) sc[4 + warp] = L;
+  if (lane == 0) sc[kCombineWarps + warp] = L;
   __syncthreads();
-  L = sc[4] + sc[5] + sc[6] + sc[7];
+  L = 0.f;
+#pragma unroll
+  for (int w = 0; w < kCombineWarps; ++w) L += sc[kCombineWarps + w];
   float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 4
-  for (int s = warp; s < S; s += 4) {
+#pragma unroll 8
+  for (int s = warp; s < S; s += kCombineWarps) {
     const float e = wts[s];
     const float4 v = reinterpret_cast<const float4*>(o + static_cast<size_t>(s) * kD)[lane];
     acc.x += e * v.x;
@@ -713,8 +862,12 @@ __global__ void __launch_bounds__(128) combine_kernel(const float* __restrict__ 
   }
   reinterpret_cast<float4*>(red[warp])[lane] = acc;
   __syncthreads();
-  const float O = red[0][tid] + red[1][tid] + red[2][tid] + red[3][tid];
-  out[static_cast<size_t>(row) * kD + tid] = Cvt<T>::from_f(L > 0.f ? O / L : 0.f);
+  if (tid < kD) {
+    float O = 0.f;
+#pragma unroll
+    for (int w = 0; w < kCombineWarps; ++w) O += red[w][tid];
+    out[static_cast<size_t>(row) * kD + tid] = Cvt<T>::from_f(L > 0.f ? O / L : 0.f);
+  }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -723,8 +876,8 @@ __global__ void __launch_bounds__(128) combine_kernel(const float* __restrict__ 
 int launch_pack_keys(const void* k, uint8_t* out, float* norms, int N, int H, int Tn, int dtype,
                      cudaStream_t stream) {
   const int G = Tn / kGT;
-  const size_t smem = static_cast<size_t>(H) * kGT * kD * 2 + kGT * kD + kGT * 4;
-  constexpr int kMaxSmem = 16 * kGT * kD * 2 + kGT * kD + kGT * 4;  // H <= 16 (checked by the binding)
+  const size_t smem = pack_keys_smem(H, 2);
+  constexpr int kMaxSmem = static_cast<int>(pack_keys_smem(16, 2));  // H <= 16 (checked by the binding)
   static bool attr_set = false;  // set once, outside any graph capture of a later call
   if (!attr_set) {
     cudaFuncSetAttribute(pack_keys_kernel<__nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
@@ -750,22 +903,28 @@ int launch_pack_values(const void* v, uint8_t* out, int N, int H, int Tn, int dt
 }
 
 template <typename T, int GQA>
-static void launch_decode_t(const DecodeParams& p, int B, int phases, cudaStream_t stream) {
+static void launch_decode_t(const DecodeParams& p, int B, int phases, bool fm, cudaStream_t stream) {
   static_assert(kDecodeSmem <= 48 * 1024, "decode smem above the default 48 KB limit");
   const int S = p.nsplit + (p.R + kGT - 1) / kGT;
   dim3 grid(S, p.Hkv, B);
-  if (phases & 1) decode_kernel<T, GQA><<<grid, 128, kDecodeSmem, stream>>>(p);
+  if (phases & 1) {
+    if (fm)
+      decode_kernel<T, GQA, true><<<grid, 128, kDecodeSmem, stream>>>(p);
+    else
+      decode_kernel<T, GQA, false><<<grid, 128, kDecodeSmem, stream>>>(p);
+  }
   if (phases & 2)
-    combine_kernel<T><<<B * p.Hkv * GQA, 128, S * sizeof(float), stream>>>(p.pm, p.pl, p.po, static_cast<T*>(p.out), S);
+    combine_kernel<T><<<B * p.Hkv * GQA, 32 * kCombineWarps, S * sizeof(float), stream>>>(p.pm, p.pl, p.po,
+                                                                                        static_cast<T*>(p.out), S);
 }
 
 template <typename T>
-static int launch_decode_dt(const DecodeParams& p, int B, int gqa, int phases, cudaStream_t stream) {
+static int launch_decode_dt(const DecodeParams& p, int B, int gqa, int phases, bool fm, cudaStream_t stream) {
   switch (gqa) {
-    case 1: launch_decode_t<T, 1>(p, B, phases, stream); break;
-    case 2: launch_decode_t<T, 2>(p, B, phases, stream); break;
-    case 4: launch_decode_t<T, 4>(p, B, phases, stream); break;
-    case 8: launch_decode_t<T, 8>(p, B, phases, stream); break;
+    case 1: launch_decode_t<T, 1>(p, B, phases, fm, stream); break;
+    case 2: launch_decode_t<T, 2>(p, B, phases, fm, stream); break;
+    case 4: launch_decode_t<T, 4>(p, B, phases, fm, stream); break;
+    case 8: launch_decode_t<T, 8>(p, B, phases, fm, stream); break;
     default: return static_cast<int>(cudaErrorInvalidValue);
   }
   return static_cast<int>(cudaGetLastError());
@@ -774,11 +933,11 @@ static int launch_decode_dt(const DecodeParams& p, int B, int gqa, int phases, c
 int launch_decode(const void* q, const uint8_t* kdata, const uint8_t* vdata, const float* norms, const int* qlen,
                   const void* rk, const void* rv, const int* rlen, float* pm, float* pl, float* po, void* out,
                   int B, int Hkv, int gqa, int Gcap, int Tcap, int R, int nsplit, int gps, float scale_log2,
-                  int dtype, int phases, cudaStream_t stream) {
+                  int dtype, int phases, bool float_min, bool rotate, cudaStream_t stream) {
   DecodeParams p{q, kdata, vdata, norms, qlen, rk, rv, rlen, pm, pl, po, out, Hkv, Gcap, Tcap, R, nsplit, gps,
-                 scale_log2, phases & 12};
-  if (dtype == 0) return launch_decode_dt<__nv_bfloat16>(p, B, gqa, phases, stream);
-  return launch_decode_dt<__half>(p, B, gqa, phases, stream);
+                 scale_log2, phases & 12, rotate ? 1 : 0};
+  if (dtype == 0) return launch_decode_dt<__nv_bfloat16>(p, B, gqa, phases, float_min, stream);
+  return launch_decode_dt<__half>(p, B, gqa, phases, float_min, stream);
 }
 
 int decode_smem_bytes() { return kDecodeSmem; }

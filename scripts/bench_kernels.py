@@ -224,14 +224,16 @@ def check_pack(gen: torch.Generator, n: int, h: int, t: int, arch: str) -> dict:
     return res
 
 
-def check_decode(gen: torch.Generator, arch: str, batch: int, ctx: int) -> dict:
+def check_decode(gen: torch.Generator, arch: str, batch: int, ctx: int, fmt: str = "oscar") -> dict:
+    """Decode attention vs the float32 reference on the same packed data; ``fmt`` oscar or kivi."""
     hq, hkv = ARCHS[arch]
+    kivi = fmt == "kivi"
     lens = [max(1, ctx - 97 * i * (ctx > 4096) - 13 * i) for i in range(batch)]
     cap_q = max(split_len(x)[0] for x in lens)
     cap_q = max(cap_q, 32)
     r = 128
-    keys = K.alloc_keys(batch, hkv, cap_q, "cuda")
-    values = K.alloc_values(batch, hkv, cap_q, "cuda")
+    keys = K.alloc_keys(batch, hkv, cap_q, "cuda", fmt)
+    values = K.alloc_values(batch, hkv, cap_q, "cuda", fmt)
     rk = torch.empty(batch, hkv, r, D, dtype=torch.bfloat16, device="cuda")
     rv = torch.empty_like(rk)
     qlens, rlens = [], []
@@ -242,12 +244,14 @@ def check_decode(gen: torch.Generator, arch: str, batch: int, ctx: int) -> dict:
         if ql:
             k = make_keys(arch, 1, hkv, ql, gen)
             v = make_values(1, hkv, ql, gen)
-            kk, vv = K.pack_oscar_keys(k), K.pack_values(v)
+            kk, vv = (K.pack_kivi_keys(k), K.pack_kivi_values(v)) if kivi else (K.pack_oscar_keys(k), K.pack_values(v))
             keys.data[i : i + 1, :, : ql // 32].copy_(kk.data)
-            keys.norm[i : i + 1, :ql].copy_(kk.norm)
+            if kk.norm is not None:
+                keys.norm[i : i + 1, :ql].copy_(kk.norm)
             values.data[i : i + 1, :, : ql // 32].copy_(vv.data)
             del k, v, kk, vv
-        rk[i] = hadamard_transform(make_keys(arch, 1, hkv, r, gen))[0]
+        wk = make_keys(arch, 1, hkv, r, gen)
+        rk[i] = (wk if kivi else hadamard_transform(wk))[0]
         rv[i] = make_values(1, hkv, r, gen)[0]
     q = (torch.randn(batch, hq, D, device="cuda", generator=gen) * 2.0).to(torch.bfloat16)
     ql_t = torch.tensor(qlens, dtype=torch.int32, device="cuda")
@@ -259,6 +263,7 @@ def check_decode(gen: torch.Generator, arch: str, batch: int, ctx: int) -> dict:
     err = ((out.float() - ref).norm() / ref.norm()).item()
     per_seq = [((out[i].float() - ref[i]).norm() / ref[i].norm()).item() for i in range(batch)]
     res = {
+        "format": fmt,
         "arch": arch,
         "batch": batch,
         "context": ctx,
@@ -317,28 +322,35 @@ def bench_decode(
     bw: float,
     diag: tuple[int, ...] = (),
     sdpa: bool = True,
+    fmt: str = "oscar",
 ) -> list[dict]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     hq, hkv = ARCHS[arch]
+    kivi = fmt == "kivi"
     rows = []
     resid = 64 if ctx >= 128 else 0
     ql = ctx - resid
-    # ---- OScaR INT2 ----
-    int2_bytes = batch * hkv * (ql * 96 + resid * 2 * D * 2) + batch * ql * 4 + batch * hq * D * 2
+    # ---- INT2 (OScaR, or KIVI's format: no token norms) ----
+    norm_bytes = 0 if kivi else batch * ql * 4
+    int2_bytes = batch * hkv * (ql * 96 + resid * 2 * D * 2) + norm_bytes + batch * hq * D * 2
     nsets = max(1, min(MAX_SETS, math.ceil(L2_ROTATE_BYTES / int2_bytes)))
     sets = []
     for _ in range(nsets):
+        zp = "float" if kivi else "integer"
         keys = K.KernelKeys(
             torch.randint(
                 0, 256, (batch, hkv, ql // 32, 1536), dtype=torch.uint8, device="cuda", generator=gen
             ),
-            torch.rand(batch, ql, device="cuda", generator=gen) + 0.5,
+            None if kivi else torch.rand(batch, ql, device="cuda", generator=gen) + 0.5,
+            zero_point=zp,
+            rotate_query=not kivi,
         )
         values = K.KernelValues(
             torch.randint(
                 0, 256, (batch, hkv, ql // 32, 1536), dtype=torch.uint8, device="cuda", generator=gen
-            )
+            ),
+            zero_point=zp,
         )
         # sane fp16 metadata (random bytes would give inf/NaN scales)
         for dd in (keys.data, values.data):
@@ -374,7 +386,7 @@ def bench_decode(
     rows.append(
         {
             **base,
-            "impl": "oscar-int2",
+            "impl": f"{fmt}-int2",
             "quantized_tokens": ql,
             "residual_tokens": resid,
             "splits": int(ws.pm.shape[-1]),
@@ -400,7 +412,7 @@ def bench_decode(
         rows.append(
             {
                 **base,
-                "impl": f"oscar-int2-diag{ph}",
+                "impl": f"{fmt}-int2-diag{ph}",
                 **t,
                 "bytes": int2_bytes,
                 "gbps": int2_bytes / t["median_us"] / 1e3,
@@ -489,7 +501,19 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer shapes (smoke run)")
     ap.add_argument("--diag", action="store_true", help="only time the kernel's phases (diagnostics)")
     ap.add_argument("--profile-one", action="store_true", help="one decode call at batch 1, 128K (for ncu)")
+    ap.add_argument("--pack-only", action="store_true", help="only check and time the pack kernels")
     args = ap.parse_args()
+    if args.pack_only:
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        for n, h, t in ((1, 8, 4096), (2, 8, 1024)):
+            p = check_pack(gen, n, h, t, "qwen3-8b")
+            print(f"pack {p['shape']}: keys {p['keys']}, values {p['values']}")
+        bw = copy_bandwidth()["gbps"]
+        for name, (b, t) in {"prefill_32k": (1, 32768), "flush_128_b1": (1, 128), "flush_128_b8": (8, 128)}.items():
+            p = bench_pack(gen, b, t, bw)
+            print(f"pack {name}: keys {p['keys']['median_us']:.1f} us ({p['keys']['roofline_fraction']:.2f}), "
+                  f"values {p['values']['median_us']:.1f} us ({p['values']['roofline_fraction']:.2f})")
+        return 0
     if args.profile_one:
         gen = torch.Generator(device="cuda").manual_seed(0)
         bench_decode(gen, "qwen3-8b", 1, 131072, 1.0, sdpa=False)
@@ -549,6 +573,14 @@ def main() -> int:
                     f"decode {arch} b{batch} ctx {ctx}: rel err {d['rel_err']:.2e} "
                     f"(max seq {d['max_seq_rel_err']:.2e}) {'PASS' if d['pass'] else 'FAIL'}"
                 )
+    for batch in (1, 8):
+        for ctx in ctxs[:2]:
+            decs.append(check_decode(gen, "qwen3-8b", batch, ctx, fmt="kivi"))
+            d = decs[-1]
+            print(
+                f"decode kivi-format b{batch} ctx {ctx}: rel err {d['rel_err']:.2e} "
+                f"(max seq {d['max_seq_rel_err']:.2e}) {'PASS' if d['pass'] else 'FAIL'}"
+            )
     result["correctness"]["decode"] = decs
     gr = check_graph_replay(gen)
     print(f"graph replay with changed lengths: {gr}")
@@ -559,11 +591,13 @@ def main() -> int:
     batch_sweep = (1, 8) if args.quick else (1, 8, 16, 32, 48, 64, 128)
     for ctx in ctx_sweep:
         result["rows"] += bench_decode(gen, "qwen3-8b", 1, ctx, bw["gbps"])
+        result["rows"] += bench_decode(gen, "qwen3-8b", 1, ctx, bw["gbps"], sdpa=False, fmt="kivi")
         print(f"timed b1 ctx {ctx}")
     for batch in batch_sweep:
         if batch == 1:
             continue
         result["rows"] += bench_decode(gen, "qwen3-8b", batch, 4096, bw["gbps"])
+        result["rows"] += bench_decode(gen, "qwen3-8b", batch, 4096, bw["gbps"], sdpa=False, fmt="kivi")
         print(f"timed b{batch} ctx 4096")
     result["pack"] = {
         "prefill_32k": bench_pack(gen, 1, 32768, bw["gbps"]),
@@ -596,17 +630,20 @@ def main() -> int:
     by = {}
     for r in result["rows"]:
         by.setdefault((r["batch"], r["context"]), {})[r["impl"]] = r
-    hdr = f"{'b':>4} {'ctx':>7} | {'int2 med/min/max us':>22} {'GB/s':>6} {'frac':>5} | {'cudnn us':>8} {'flash us':>8} | {'x cudnn':>7} {'x flash':>7}"
+    hdr = (f"{'b':>4} {'ctx':>7} | {'int2 med/min/max us':>22} {'GB/s':>6} {'frac':>5} | {'cudnn us':>8} "
+           f"{'flash us':>8} | {'x cudnn':>7} {'x flash':>7} | {'kivi us':>7} {'frac':>5} {'x cudnn':>7}")
     print(hdr)
     for (b, c), rr in by.items():
         o = rr.get("oscar-int2", {})
         cu = rr.get("cudnn-sdpa-bf16", {}).get("median_us", float("nan"))
         fl = rr.get("flash-sdpa-bf16", {}).get("median_us", float("nan"))
         m = o.get("median_us", float("nan"))
+        kv = rr.get("kivi-int2", {})
+        km = kv.get("median_us", float("nan"))
         print(
             f"{b:>4} {c:>7} | {m:7.1f}/{o.get('min_us', 0):6.1f}/{o.get('max_us', 0):6.1f} "
             f"{o.get('gbps', 0):6.0f} {o.get('roofline_fraction', 0):5.2f} | {cu:8.1f} {fl:8.1f} | "
-            f"{cu / m:7.2f} {fl / m:7.2f}"
+            f"{cu / m:7.2f} {fl / m:7.2f} | {km:7.1f} {kv.get('roofline_fraction', 0):5.2f} {cu / km:7.2f}"
         )
     for k_, p in result["pack"].items():
         print(

@@ -11,7 +11,11 @@ Functions (all take and return the packed layout of :mod:`oscar_core.kernels.lay
   full-precision residual window: split-KV, GQA, per-sequence device-side lengths, no host
   synchronisation and fixed shapes (CUDA-graph capturable).
 * :func:`from_reference_blocks` / :func:`to_reference_blocks` convert between the reference Block
-  dicts of :class:`oscar_core.methods.oscar.OScaRSpec` and this layout, bit for bit.
+  dicts of :class:`oscar_core.methods.oscar.OScaRSpec` (or, with ``method="kivi"``,
+  :class:`oscar_core.methods.kivi.KIVISpec`) and this layout, bit for bit.
+* :func:`pack_kivi_keys` / :func:`pack_kivi_values`: KIVI's format in the same layout (float minimum
+  instead of the integer zero point, no token norm, no query rotation); the decode kernel reads both.
+  They encode with the reference quantizer (no fused CUDA pack kernel for KIVI).
 
 The CUDA path is used when :func:`available` is true and the tensors live on a CUDA device; the
 extension is built just in time (``torch.utils.cpp_extension.load``, ninja) on first use and cached
@@ -25,7 +29,7 @@ import math
 import os
 import shutil
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +66,8 @@ __all__ = [
     "dequantize_values",
     "from_reference_blocks",
     "make_decode_workspace",
+    "pack_kivi_keys",
+    "pack_kivi_values",
     "pack_oscar_keys",
     "pack_values",
     "to_reference_blocks",
@@ -147,11 +153,20 @@ def _use_cuda(*tensors: torch.Tensor, force_fallback: bool) -> bool:
 # -------------------------------------------------------------------------------------------------
 
 
+ZERO_POINTS = ("integer", "float")
+
+
 @dataclass
 class KernelValues:
-    """Packed values: ``data`` uint8 ``[N, H, G, 1536]``."""
+    """Packed values: ``data`` uint8 ``[N, H, G, 1536]``. ``zero_point``: ``"integer"`` (OScaR, stored
+    ``1024 + z``) or ``"float"`` (KIVI's group minimum ``mn``, stored as is)."""
 
     data: torch.Tensor
+    zero_point: str = field(default="integer", kw_only=True)
+
+    def __post_init__(self) -> None:
+        if self.zero_point not in ZERO_POINTS:
+            raise ValueError(f"zero_point must be one of {ZERO_POINTS}, got {self.zero_point!r}")
 
     @property
     def num_tokens(self) -> int:
@@ -167,28 +182,43 @@ class KernelValues:
 
 @dataclass
 class KernelKeys(KernelValues):
-    """Packed OScaR keys: the values' layout plus the token norms ``norm`` fp32 ``[N, >= G*32]``."""
+    """Packed keys: the values' layout plus OScaR's token norms ``norm`` fp32 ``[N, >= G*32]`` (None: no
+    token scaling, KIVI) and whether the decode rotates the query (OScaR's keys are Hadamard-rotated)."""
 
-    norm: torch.Tensor
+    norm: torch.Tensor | None = None
+    rotate_query: bool = field(default=True, kw_only=True)
 
     def copy_into(self, dst: KernelKeys, token_start: int) -> None:
         super().copy_into(dst, token_start)
-        n = self.num_tokens
-        dst.norm[:, token_start : token_start + n].copy_(self.norm[:, :n])
+        if self.norm is not None and dst.norm is not None:
+            n = self.num_tokens
+            dst.norm[:, token_start : token_start + n].copy_(self.norm[:, :n])
 
 
-def alloc_keys(batch: int, kv_heads: int, capacity: int, device: torch.device | str) -> KernelKeys:
-    """A zeroed capacity buffer for ``capacity`` tokens (rounded up to 32); norms start at 1."""
+_FORMATS = {"oscar": ("integer", True), "kivi": ("float", False)}  # method -> (zero point, norms + rotation)
+
+
+def _format(method: str) -> tuple[str, bool]:
+    if method not in _FORMATS:
+        raise ValueError(f"the kernel layout serves {', '.join(_FORMATS)}, not {method!r}")
+    return _FORMATS[method]
+
+
+def alloc_keys(batch: int, kv_heads: int, capacity: int, device: torch.device | str, method: str = "oscar"
+               ) -> KernelKeys:
+    """A zeroed capacity buffer for ``capacity`` tokens (rounded up to 32); OScaR's norms start at 1."""
+    zp, scaled = _format(method)
     g = -(-capacity // GROUP)
-    return KernelKeys(
-        torch.zeros(batch, kv_heads, g, BLOCK_BYTES, dtype=torch.uint8, device=device),
-        torch.ones(batch, g * GROUP, dtype=torch.float32, device=device),
-    )
+    norm = torch.ones(batch, g * GROUP, dtype=torch.float32, device=device) if scaled else None
+    return KernelKeys(torch.zeros(batch, kv_heads, g, BLOCK_BYTES, dtype=torch.uint8, device=device), norm,
+                      zero_point=zp, rotate_query=scaled)
 
 
-def alloc_values(batch: int, kv_heads: int, capacity: int, device: torch.device | str) -> KernelValues:
+def alloc_values(batch: int, kv_heads: int, capacity: int, device: torch.device | str, method: str = "oscar"
+                 ) -> KernelValues:
     g = -(-capacity // GROUP)
-    return KernelValues(torch.zeros(batch, kv_heads, g, BLOCK_BYTES, dtype=torch.uint8, device=device))
+    return KernelValues(torch.zeros(batch, kv_heads, g, BLOCK_BYTES, dtype=torch.uint8, device=device),
+                        zero_point=_format(method)[0])
 
 
 def _check_kv(x: torch.Tensor, what: str) -> None:
@@ -205,34 +235,43 @@ def _check_kv(x: torch.Tensor, what: str) -> None:
 # -------------------------------------------------------------------------------------------------
 
 
-def _keys_ref_to_data(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+def _keys_ref_to_data(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, zero_point: str
+                      ) -> torch.Tensor:
     n, h, g, d, _ = codes.shape
     c = unpack_codes(codes, 2)  # [N, H, G, D, 32] (channel, token)
     tc = c.transpose(-1, -2)  # [N, H, G, 32, D]
     out = torch.empty(n, h, g, BLOCK_BYTES, dtype=torch.uint8, device=codes.device)
     out[..., :META_OFFSET] = codes_to_block_bytes(tc, keys=True)
     out[..., META_OFFSET : META_OFFSET + 256] = meta_to_stored(scale, True).contiguous().view(torch.uint8)
-    out[..., META_OFFSET + 256 :] = meta_to_stored(_bias_zero(zero), True).contiguous().view(torch.uint8)
+    out[..., META_OFFSET + 256 :] = (
+        meta_to_stored(_bias_zero(zero, zero_point), True).contiguous().view(torch.uint8)
+    )
     return out
 
 
-def _bias_zero(zero: torch.Tensor) -> torch.Tensor:
-    """Reference fp16 zero point z -> stored fp16 ``1024 + z`` (exact: the scale floor keeps |z| <= 1024)."""
-    return (zero.float() + ZERO_BIAS).half()
+def _bias_zero(zero: torch.Tensor, zero_point: str) -> torch.Tensor:
+    """Reference fp16 zero -> stored fp16: ``1024 + z`` for the integer zero point (exact: the scale floor
+    keeps |z| <= 1024), KIVI's minimum ``mn`` unchanged."""
+    return (zero.float() + ZERO_BIAS).half() if zero_point == "integer" else zero.half()
 
 
-def _unbias_zero(zz: torch.Tensor) -> torch.Tensor:
-    return (zz.float() - ZERO_BIAS).half()
+def _unbias_zero(zz: torch.Tensor, zero_point: str) -> torch.Tensor:
+    return (zz.float() - ZERO_BIAS).half() if zero_point == "integer" else zz
 
 
-def _values_ref_to_data(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+def _zero_f32(zz: torch.Tensor, zero_point: str) -> torch.Tensor:
+    return zz.float() - ZERO_BIAS if zero_point == "integer" else zz.float()
+
+
+def _values_ref_to_data(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, zero_point: str
+                        ) -> torch.Tensor:
     n, h, t, ng, _ = codes.shape
     g = t // GROUP
     c = unpack_codes(codes, 2).reshape(n, h, g, GROUP, HEAD_DIM)  # (token, channel)
     out = torch.empty(n, h, g, BLOCK_BYTES, dtype=torch.uint8, device=codes.device)
     out[..., :META_OFFSET] = codes_to_block_bytes(c, keys=False)
     s = scale.reshape(n, h, g, GROUP, ng).transpose(-1, -2).contiguous()  # [.., 4 groups, 32 tokens]
-    z = _bias_zero(zero).reshape(n, h, g, GROUP, ng).transpose(-1, -2).contiguous()
+    z = _bias_zero(zero, zero_point).reshape(n, h, g, GROUP, ng).transpose(-1, -2).contiguous()
     out[..., META_OFFSET : META_OFFSET + 256] = (
         meta_to_stored(s.view(n, h, g, -1), False).contiguous().view(torch.uint8)
     )
@@ -241,30 +280,39 @@ def _values_ref_to_data(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Te
 
 
 def from_reference_blocks(
-    key_block: dict[str, torch.Tensor] | None, value_block: dict[str, torch.Tensor] | None
+    key_block: dict[str, torch.Tensor] | None,
+    value_block: dict[str, torch.Tensor] | None,
+    *,
+    method: str = "oscar",
 ) -> tuple[KernelKeys | None, KernelValues | None]:
-    """Reference OScaR blocks (``OScaRSpec().encode_keys`` / ``encode_values``) -> kernel layout.
+    """Reference blocks (``OScaRSpec().encode_keys`` / ``encode_values``, or KIVI's with
+    ``method="kivi"``) -> kernel layout.
 
     Key block: ``codes`` uint8 ``[N, H, T/32, 128, 8]``, ``scale``/``zero`` fp16 ``[N, H, T/32, 128]``,
-    ``norm`` fp32 ``[N, T]``. Value block: ``codes`` ``[N, H, T, 4, 8]``, ``scale``/``zero``
-    ``[N, H, T, 4]``. Either may be None.
+    and for OScaR ``norm`` fp32 ``[N, T]``. Value block: ``codes`` ``[N, H, T, 4, 8]``,
+    ``scale``/``zero`` ``[N, H, T, 4]``. Either may be None.
     """
+    zp, scaled = _format(method)
     keys = values = None
     if key_block is not None:
         codes = key_block["codes"]
         if codes.dim() != 5 or codes.shape[-2:] != (HEAD_DIM, GROUP // 4):
             raise ValueError(f"key codes must be [N, H, T/32, 128, 8], got {tuple(codes.shape)}")
-        if "norm" not in key_block:
-            raise ValueError("the key block has no 'norm': the kernels need OScaR's token scaling")
-        data = _keys_ref_to_data(codes, key_block["scale"], key_block["zero"])
-        keys = KernelKeys(data, key_block["norm"].float().contiguous())
+        if scaled and "norm" not in key_block:
+            raise ValueError("the key block has no 'norm': OScaR's kernel layout needs the token scaling")
+        if not scaled and "norm" in key_block:
+            raise ValueError(f"a {method} key block has no token norm; this one has (an OScaR block?)")
+        data = _keys_ref_to_data(codes, key_block["scale"], key_block["zero"], zp)
+        norm = key_block["norm"].float().contiguous() if scaled else None
+        keys = KernelKeys(data, norm, zero_point=zp, rotate_query=scaled)
     if value_block is not None:
         codes = value_block["codes"]
         if codes.dim() != 5 or codes.shape[-2:] != (HEAD_DIM // GROUP, GROUP // 4) or codes.shape[2] % GROUP:
             raise ValueError(
                 f"value codes must be [N, H, T, 4, 8] with T % 32 == 0, got {tuple(codes.shape)}"
             )
-        values = KernelValues(_values_ref_to_data(codes, value_block["scale"], value_block["zero"]))
+        values = KernelValues(_values_ref_to_data(codes, value_block["scale"], value_block["zero"], zp),
+                              zero_point=zp)
     return keys, values
 
 
@@ -281,16 +329,17 @@ def to_reference_blocks(
         kb = {
             "codes": pack_codes(tc.transpose(-1, -2).contiguous(), 2),
             "scale": scale,
-            "zero": _unbias_zero(zz),
-            "norm": keys.norm[:, : g * GROUP].contiguous(),
+            "zero": _unbias_zero(zz, keys.zero_point),
         }
+        if keys.norm is not None:
+            kb["norm"] = keys.norm[:, : g * GROUP].contiguous()
     if values is not None:
         d = values.data
         n, h, g, _ = d.shape
         tc = block_bytes_to_codes(d[..., :META_OFFSET], keys=False)  # [N, H, G, 32, D]
         codes = tc.reshape(n, h, g * GROUP, HEAD_DIM // GROUP, GROUP)
         scale, zz = meta_fp16(d, False)  # [N, H, G, 4*32]
-        zero = _unbias_zero(zz)
+        zero = _unbias_zero(zz, values.zero_point)
         vb = {
             "codes": pack_codes(codes, 2),
             "scale": scale.view(n, h, g, 4, GROUP).transpose(-1, -2).reshape(n, h, g * GROUP, 4).contiguous(),
@@ -343,6 +392,29 @@ def pack_values(v: torch.Tensor, *, force_fallback: bool = False) -> KernelValue
     return vb
 
 
+def _kivi_spec():
+    from oscar_core.methods.kivi import KIVISpec
+
+    return KIVISpec()
+
+
+def pack_kivi_keys(k: torch.Tensor) -> KernelKeys:
+    """Keys ``[N, H, T, 128]`` -> KIVI-packed keys (per-channel groups of 32 tokens, float minimum), via the
+    reference quantizer on ``k``'s device (``KIVISpec().encode_keys``)."""
+    _check_kv(k, "keys")
+    kb, _ = from_reference_blocks(_kivi_spec().encode_keys(k), None, method="kivi")
+    assert kb is not None
+    return kb
+
+
+def pack_kivi_values(v: torch.Tensor) -> KernelValues:
+    """Values ``[N, H, T, 128]`` -> KIVI-packed values (per-token groups of 32 channels, float minimum)."""
+    _check_kv(v, "values")
+    _, vb = from_reference_blocks(None, _kivi_spec().encode_values(v), method="kivi")
+    assert vb is not None
+    return vb
+
+
 # -------------------------------------------------------------------------------------------------
 # Dequantization (fallback decode, tests)
 # -------------------------------------------------------------------------------------------------
@@ -354,9 +426,10 @@ def dequantize_keys(keys: KernelKeys, with_norm: bool = True) -> torch.Tensor:
     n, h, g, _ = d.shape
     codes = block_bytes_to_codes(d[..., :META_OFFSET], keys=True).float()  # [N, H, G, 32, D]
     scale, zz = meta_fp16(d, True)
-    k = scale.float().unsqueeze(-2) * (codes - (zz.float() - ZERO_BIAS).unsqueeze(-2))
+    s, z = scale.float().unsqueeze(-2), _zero_f32(zz, keys.zero_point).unsqueeze(-2)
+    k = s * (codes - z) if keys.zero_point == "integer" else codes * s + z
     k = k.reshape(n, h, g * GROUP, HEAD_DIM)
-    if with_norm:
+    if with_norm and keys.norm is not None:
         k = k * keys.norm[:, None, : g * GROUP, None]
     return k
 
@@ -368,8 +441,9 @@ def dequantize_values(values: KernelValues) -> torch.Tensor:
     codes = block_bytes_to_codes(d[..., :META_OFFSET], keys=False).float()  # [N, H, G, 32 tok, 128 ch]
     scale, zz = meta_fp16(d, False)  # [.., 4*32] as [group][token]
     s = scale.float().view(n, h, g, 4, GROUP).transpose(-1, -2).repeat_interleave(GROUP, dim=-1)
-    z = (zz.float() - ZERO_BIAS).view(n, h, g, 4, GROUP).transpose(-1, -2).repeat_interleave(GROUP, dim=-1)
-    return (s * (codes - z)).reshape(n, h, g * GROUP, HEAD_DIM)
+    z = _zero_f32(zz, values.zero_point).view(n, h, g, 4, GROUP).transpose(-1, -2).repeat_interleave(GROUP, dim=-1)
+    x = s * (codes - z) if values.zero_point == "integer" else codes * s + z
+    return x.reshape(n, h, g * GROUP, HEAD_DIM)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -415,7 +489,7 @@ def decode_attention_reference(
     b, hq, d = q.shape
     hkv = keys.data.shape[1]
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
-    qr = hadamard_transform(q.float()).view(b, hkv, hq // hkv, d)
+    qr = (hadamard_transform(q.float()) if keys.rotate_query else q.float()).view(b, hkv, hq // hkv, d)
     k = dequantize_keys(keys)  # [B, Hkv, Tq, D]
     v = dequantize_values(values)
     kk = torch.cat([k, res_k.float()], dim=2)
@@ -495,7 +569,8 @@ def decode_attention(
 ) -> torch.Tensor:
     """One decode step of attention for ``B`` sequences over packed keys/values + the residual window.
 
-    ``q`` ``[B, Hq, 128]`` bf16/fp16, *unrotated* (the Hadamard is applied inside); ``keys``/``values``
+    ``q`` ``[B, Hq, 128]`` bf16/fp16, *unrotated* (the Hadamard is applied inside when
+    ``keys.rotate_query``); ``keys``/``values``
     capacity buffers ``[B, Hkv, Gcap, 1536]`` (norms ``[B, >= Gcap*32]``); ``qlens`` int32 ``[B]``
     quantized tokens per sequence (multiples of 32, at most ``Gcap*32``); ``res_k``/``res_v``
     ``[B, Hkv, R, 128]`` (q's dtype) the full-precision window, keys *rotated* and unscaled; ``rlens``
@@ -515,6 +590,8 @@ def decode_attention(
     hkv = keys.data.shape[1]
     if hq % hkv:
         raise ValueError(f"{hq} query heads is not a multiple of {hkv} kv heads")
+    if keys.zero_point != values.zero_point:
+        raise ValueError(f"keys ({keys.zero_point} zero point) and values ({values.zero_point}) differ in format")
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
     gqa = hq // hkv
     if _use_cuda(q, keys.data, force_fallback=force_fallback) and gqa in (1, 2, 4, 8):
@@ -529,7 +606,7 @@ def decode_attention(
             q.contiguous(),
             keys.data,
             values.data,
-            keys.norm,
+            keys.norm if keys.norm is not None else torch.empty(0, dtype=torch.float32, device=q.device),
             qlens.to(torch.int32),
             res_k.contiguous(),
             res_v.contiguous(),
@@ -542,6 +619,8 @@ def decode_attention(
             ws.groups_per_split,
             scale * math.log2(math.e),
             _phases,  # 1: split kernel, 2: combine kernel; 4/8: diagnostics (loads only / math only)
+            keys.zero_point == "float",
+            keys.rotate_query,
         )
         return out
     res = decode_attention_reference(q, keys, values, qlens, res_k, res_v, rlens, scale).to(q.dtype)

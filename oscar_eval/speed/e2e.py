@@ -16,6 +16,10 @@ Arms (``plan.E2E_IMPLS``):
   ``oscar_core.kernels.decode_attention``, one step captured in a CUDA graph: what a decode step
   costs once the cache runs on the kernel. The V/O rotation is not fused (random weights; timing is
   unaffected); the block flush (one pack every R = 128 steps) is not part of the timed step.
+* ``kivi-kernel-static``: the same static packed cache in KIVI's format (float minimum, no token
+  norm, no rotation; values flushed in blocks with the keys), read by the same decode kernel.
+* ``kivi-cache``: ``oscar_core.make_cache(model, "kivi")``, the reference path (the cache dequantizes
+  its packed blocks every step; there is no KIVI kernel path in the cache).
 
 Models are built from a named architecture (random weights: timing and memory do not depend on the
 values) or loaded from a local path. The caches are filled through the public ``Cache.update`` with
@@ -93,16 +97,17 @@ def _set_attention(model, name: str) -> None:
     model.config.get_text_config(decoder=True)._attn_implementation = name
 
 
-def _kernel_static_cache(batch: int, context: int, s: pl.Shape, device):
-    """A transformers Cache whose layers are oscar_core.kernels packed buffers (random contents)."""
+def _kernel_static_cache(batch: int, context: int, s: pl.Shape, device, method: str = "oscar"):
+    """A transformers Cache whose layers are oscar_core.kernels packed buffers (random contents) in
+    ``method``'s format (oscar or kivi)."""
     from transformers.cache_utils import Cache, CacheLayerMixin
 
     from oscar_core.hadamard import hadamard_matrix
     from oscar_eval.speed.packed_kernel import PackedLayer
 
-    # The window's keys are stored rotated: one small GEMM per step (a fused append kernel would
+    # OScaR's window keys are stored rotated: one small GEMM per step (a fused append kernel would
     # do this in registers; the butterfly of oscar_core.hadamard would cost ~30 launches per layer).
-    rot = hadamard_matrix(s.head_dim, dtype=torch.float32, device=device)
+    rot = hadamard_matrix(s.head_dim, dtype=torch.float32, device=device) if method == "oscar" else None
 
     class _Layer(CacheLayerMixin):
         is_compileable = True
@@ -110,7 +115,7 @@ def _kernel_static_cache(batch: int, context: int, s: pl.Shape, device):
 
         def __init__(self) -> None:
             super().__init__()
-            self.packed = PackedLayer(batch, context, s.num_kv_heads, s.head_dim, device)
+            self.packed = PackedLayer(batch, context, s.num_kv_heads, s.head_dim, device, method=method)
             # The decode state counts this step's token in the window: it is written at rlens - 1.
             self.slot = (self.packed.rlens.long() - 1).clamp(min=0)
             self.rows = torch.arange(batch, device=device)
@@ -124,7 +129,8 @@ def _kernel_static_cache(batch: int, context: int, s: pl.Shape, device):
 
         def update(self, key_states, value_states, *args, **kwargs):
             p = self.packed
-            p.res_k[self.rows, :, self.slot] = (key_states[:, :, 0].float() @ rot).to(p.res_k.dtype)
+            k = key_states[:, :, 0] if rot is None else key_states[:, :, 0].float() @ rot
+            p.res_k[self.rows, :, self.slot] = k.to(p.res_k.dtype)
             p.res_v[self.rows, :, self.slot] = value_states[:, :, 0].to(p.res_v.dtype)
             return key_states, value_states
 
@@ -291,15 +297,15 @@ def run_point(h: ModelHandle, impl: str, batch: int, context: int, device: str =
         use_graph, why = False, "DynamicCache (torch.cat every step): eager by design"
         max_reps = 60
         extra["attention"] = "flash SDPA, GQA folded"
-    elif impl == "oscar-kernel-static":
+    elif impl in ("oscar-kernel-static", "kivi-kernel-static"):
         _restore_bf16(model)
         _set_attention(model, ATTN_KERNEL)
-        cache = _kernel_static_cache(batch, context, h.shape, device)
+        cache = _kernel_static_cache(batch, context, h.shape, device, method=impl.split("-", 1)[0])
         _STATE["kernel_cache"] = cache
         use_graph, why = True, None
         max_reps = 200
         extra["attention"] = "oscar_core.kernels.decode_attention"
-    elif impl == "oscar-cache":
+    elif impl in ("oscar-cache", "kivi-cache"):
         import oscar_core as oc
 
         _restore_bf16(model)
@@ -307,7 +313,7 @@ def run_point(h: ModelHandle, impl: str, batch: int, context: int, device: str =
         kw: dict[str, Any] = {}
         if cache_kernels is not None and "kernels" in inspect.signature(oc.make_cache).parameters:
             kw["kernels"] = cache_kernels
-        cache = oc.make_cache(model, "oscar", **kw)
+        cache = oc.make_cache(model, impl.split("-", 1)[0], **kw)
         _fill(cache, batch, context, h.shape, device)
         use_graph, why = _graph_capable(cache)
         max_reps = 60

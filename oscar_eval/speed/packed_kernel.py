@@ -6,7 +6,8 @@ does not change when it does. When the kernel is not built or not importable, :f
 skipped.
 
 Kernel API used (oscar_core.kernels, 2026-11-29): ``pack_oscar_keys(k [N,H,T,128]) -> KernelKeys``,
-``pack_values(v) -> KernelValues``, ``decode_attention(q [B,Hq,128], keys, values, qlens int32 [B],
+``pack_values(v) -> KernelValues``, ``pack_kivi_keys`` / ``pack_kivi_values`` (KIVI's float-minimum format
+in the same layout), ``decode_attention(q [B,Hq,128], keys, values, qlens int32 [B],
 res_k [B,Hkv,R,128], res_v, rlens int32 [B], out=...)`` and its fp32 oracle
 ``decode_attention_reference`` (same arguments).
 """
@@ -59,32 +60,45 @@ def _kernels():
     return kx
 
 
-class PackedLayer:
-    """One layer's packed OScaR cache in the kernel layout, filled with random data."""
+def kernel_layout(method: str) -> rf.QuantLayout:
+    """The storage the kernel arm of ``method`` holds. KIVI in the kernel layout flushes values with the
+    keys (whole blocks, ``KIVISpec(value_flush="block")``), not token by token: the kernel needs equal
+    quantized lengths for keys and values."""
+    lay = rf.layout_for(method)
+    return rf.QuantLayout(lay.bits, lay.group_size, lay.residual_length, lay.token_norm, value_window="block")
 
-    def __init__(self, batch: int, context: int, num_kv_heads: int, head_dim: int, device, window: int = 128):
+
+class PackedLayer:
+    """One layer's packed cache (OScaR or KIVI format) in the kernel layout, filled with random data."""
+
+    def __init__(self, batch: int, context: int, num_kv_heads: int, head_dim: int, device, window: int = 128,
+                 method: str = "oscar"):
         kx = _kernels()
-        lay = rf.layout_for("oscar")
-        kq, kf, vq, vf = rf.split_tokens(context, lay, decode=True)
+        kq, kf, vq, vf = rf.split_tokens(context, kernel_layout(method), decode=True)
         assert kq == vq and kf == vf
+        pack_k, pack_v = ((kx.pack_oscar_keys, kx.pack_values) if method == "oscar"
+                          else (kx.pack_kivi_keys, kx.pack_kivi_values))
         if kq:
             # Pack in batch chunks of at most ~1 GiB of bf16 source: large batches fit.
-            self.keys = kx.alloc_keys(batch, num_kv_heads, kq, device)
-            self.values = kx.alloc_values(batch, num_kv_heads, kq, device)
+            self.keys = kx.alloc_keys(batch, num_kv_heads, kq, device, method)
+            self.values = kx.alloc_values(batch, num_kv_heads, kq, device, method)
             per_seq = num_kv_heads * kq * head_dim * 2
             step = max(1, (1 << 30) // per_seq)
+            if method != "oscar":  # the reference encoder holds fp32 temporaries: smaller chunks
+                step = max(1, step // 8)
             for b0 in range(0, batch, step):
                 b1 = min(batch, b0 + step)
                 shape = (b1 - b0, num_kv_heads, kq, head_dim)
-                k = kx.pack_oscar_keys(torch.randn(shape, device=device, dtype=torch.bfloat16))
-                v = kx.pack_values(torch.randn(shape, device=device, dtype=torch.bfloat16))
+                k = pack_k(torch.randn(shape, device=device, dtype=torch.bfloat16))
+                v = pack_v(torch.randn(shape, device=device, dtype=torch.bfloat16))
                 self.keys.data[b0:b1].copy_(k.data)
-                self.keys.norm[b0:b1, : k.norm.shape[1]].copy_(k.norm)
+                if k.norm is not None:
+                    self.keys.norm[b0:b1, : k.norm.shape[1]].copy_(k.norm)
                 self.values.data[b0:b1].copy_(v.data)
                 del k, v
         else:  # nothing quantized yet: a one-group buffer with length 0
-            self.keys = kx.alloc_keys(batch, num_kv_heads, 32, device)
-            self.values = kx.alloc_values(batch, num_kv_heads, 32, device)
+            self.keys = kx.alloc_keys(batch, num_kv_heads, 32, device, method)
+            self.values = kx.alloc_values(batch, num_kv_heads, 32, device, method)
         torch.cuda.empty_cache()
         self.qlens = torch.full((batch,), kq, dtype=torch.int32, device=device)
         self.res_k = torch.randn(batch, num_kv_heads, window, head_dim, device=device, dtype=torch.bfloat16)
@@ -96,7 +110,8 @@ class PackedLayer:
     def nbytes(self) -> int:
         """Bytes a cache of this state must hold: packed blocks + norms + the used window."""
         used_window = 2 * self.res_k[:, :, : self.window_tokens].numel() * self.res_k.element_size()
-        return (self.keys.data.numel() + self.values.data.numel() + self.keys.norm.numel() * 4 + used_window)
+        norms = self.keys.norm.numel() * 4 if self.keys.norm is not None else 0
+        return self.keys.data.numel() + self.values.data.numel() + norms + used_window
 
     def attend(self, q: torch.Tensor, out: torch.Tensor | None = None, softmax_scale: float | None = None
                ) -> torch.Tensor:
@@ -121,18 +136,20 @@ class PackedLayer:
 def build(method: str, batch: int, context: int, s: pl.Shape, device):
     from oscar_eval.speed.kernel import Case, Unavailable
 
-    _kernels()
-    if method != "oscar":
-        raise Unavailable(f"oscar_core.kernels decodes OScaR's layout only (token norms); no {method} kernel")
+    kx = _kernels()
+    if method not in ("oscar", "kivi"):
+        raise Unavailable(f"oscar_core.kernels decodes the OScaR and KIVI formats; no {method} kernel")
+    if method == "kivi" and not hasattr(kx, "pack_kivi_keys"):
+        raise Unavailable("this oscar_core.kernels has no KIVI format (pack_kivi_keys)")
     if s.head_dim != 128:
         raise Unavailable(f"the kernel supports head_dim 128, not {s.head_dim}")
     if s.num_q_heads // s.num_kv_heads not in (1, 2, 4, 8):
         raise Unavailable(f"the kernel supports GQA groups 1, 2, 4, 8, not {s.num_q_heads // s.num_kv_heads}")
-    one = rf.kv_bytes("oscar", batch, context, s.num_kv_heads, s.head_dim)
+    one = rf.kv_bytes(method, batch, context, s.num_kv_heads, s.head_dim, kernel_layout(method))
     n = pl.n_sets(one)
     sets = []
     for _ in range(n):
-        layer = PackedLayer(batch, context, s.num_kv_heads, s.head_dim, device)
+        layer = PackedLayer(batch, context, s.num_kv_heads, s.head_dim, device, method=method)
         q = torch.randn(batch, s.num_q_heads, s.head_dim, device=device, dtype=torch.bfloat16)
         sets.append((layer, q, torch.empty_like(q)))
 
@@ -147,5 +164,8 @@ def build(method: str, batch: int, context: int, s: pl.Shape, device):
         return float((got - ref).norm() / ref.norm())
 
     first = sets[0][0]
-    return Case(fn, n, first.nbytes(), note=f"{n} input sets cycled; oscar_core.kernels.decode_attention",
+    note = f"{n} input sets cycled; oscar_core.kernels.decode_attention"
+    if method == "kivi":
+        note += "; KIVI format (float minimum, no rotation/norm), values flushed in blocks with the keys"
+    return Case(fn, n, first.nbytes(), note=note,
                 info={"quantized_tokens": first.quantized, "window_tokens": first.window_tokens}, check=check)

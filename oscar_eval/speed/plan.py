@@ -35,7 +35,8 @@ KERNEL_BF16_IMPLS = (
 # In order of importance: a time-limited sweep measures them in this order.
 KERNEL_PACKED_IMPLS = ("oscar-int2", "kivi-int2", "oscar-ref", "kivi-ref")
 KERNEL_IMPLS = KERNEL_BF16_IMPLS + KERNEL_PACKED_IMPLS
-E2E_IMPLS = ("bf16-static-graph", "oscar-kernel-static", "oscar-cache", "bf16-dynamic-eager")
+E2E_IMPLS = ("bf16-static-graph", "oscar-kernel-static", "kivi-kernel-static", "oscar-cache", "bf16-dynamic-eager",
+             "kivi-cache")
 
 # Context lengths above which the (slow, memory-hungry) reference paths are not run by default.
 REF_MAX_TOKENS = 1 << 20  # batch * context
@@ -146,7 +147,7 @@ def e2e_mem_estimate(impl: str, batch: int, context: int, s: Shape, steady: bool
     # dequantizes a layer (fp32 + bf16); the kernel reads the packed cache in place.
     if impl == "bf16-dynamic-eager":
         step = per_layer_bf16
-    elif impl == "oscar-cache" or impl.endswith("-ref"):
+    elif impl.endswith("-cache") or impl.endswith("-ref"):
         step = per_layer_bf16 * 4
     else:
         step = 0
@@ -155,7 +156,7 @@ def e2e_mem_estimate(impl: str, batch: int, context: int, s: Shape, steady: bool
         return int(s.weight_bytes + cache + step + act)
     # Filling a layer: one random bf16 K/V pair; the reference quantizer adds fp32 temporaries; the
     # kernel arm packs in batch chunks of about 1 GiB.
-    if impl == "oscar-kernel-static":
+    if impl.endswith("-kernel-static"):
         fill = min(per_layer_bf16, 4 << 30)
     else:
         fill = per_layer_bf16 * (6 if method != "bf16" else 1)

@@ -302,7 +302,7 @@ def _e2e_row(h, p: pl.Point, opts: SpeedOptions, bw: float, deadline: float | No
     return row
 
 
-BUDGET_IMPLS = ("bf16-static-graph", "oscar-kernel-static", "oscar-cache")
+BUDGET_IMPLS = ("bf16-static-graph", "oscar-kernel-static", "kivi-kernel-static", "oscar-cache")
 
 
 def _budget(h, opts: SpeedOptions, bw: float, rows: list[dict[str, Any]], deadline: float | None,
@@ -317,7 +317,7 @@ def _budget(h, opts: SpeedOptions, bw: float, rows: list[dict[str, Any]], deadli
     ctx = opts.budget_context
     out = []
     for impl in (i for i in BUDGET_IMPLS if i in opts.e2e_impls):
-        method = "bf16" if impl.startswith("bf16") else "oscar"
+        method = rf.method_of(impl)
         per_seq = pl.e2e_per_sequence_bytes(method, ctx, h.shape)
         measured = [r for r in rows if r["level"] == "e2e" and r["arch"] == h.arch and r["impl"] == impl
                     and r["context"] == ctx and r.get("median_us") is not None]

@@ -201,3 +201,82 @@ def test_unavailable_reason_is_one_line():
     assert "\n" not in reason
     if not torch.cuda.is_available():
         assert not K.available() and reason
+
+
+# ---- KIVI's format in the kernel layout (float minimum, no token norm, no query rotation) ----
+
+
+def test_kivi_block_conversion_is_lossless_and_keeps_the_minimum():
+    from oscar_core.kernels.layout import meta_fp16
+    from oscar_core.methods.kivi import KIVISpec
+
+    k = _rand(2, 2, 64, 128, seed=20)
+    v = _rand(2, 2, 64, 128, seed=21)
+    spec = KIVISpec()
+    kb, vb = spec.encode_keys(k), spec.encode_values(v)
+    keys, values = K.from_reference_blocks(kb, vb, method="kivi")
+    assert keys.norm is None and not keys.rotate_query and keys.zero_point == values.zero_point == "float"
+    kb2, vb2 = K.to_reference_blocks(keys, values)
+    assert set(kb2) == {"codes", "scale", "zero"}
+    for name in ("codes", "scale", "zero"):
+        assert torch.equal(kb2[name], kb[name]), name
+        assert torch.equal(vb2[name], vb[name]), name
+    # the stored zero is the group minimum itself (no 1024 bias)
+    _, mn = meta_fp16(keys.data, keys=True)
+    assert torch.equal(mn[0, 0, 0], kb["zero"][0, 0, 0])
+
+
+def test_kivi_dequantize_matches_reference_decode():
+    from oscar_core.methods.kivi import KIVISpec
+
+    k = _rand(1, 4, 96, 128, seed=22)
+    v = _rand(1, 4, 96, 128, seed=23)
+    spec = KIVISpec()
+    keys, values = K.pack_kivi_keys(k), K.pack_kivi_values(v)
+    torch.testing.assert_close(K.dequantize_keys(keys), spec.decode_keys(spec.encode_keys(k), torch.float32),
+                               rtol=0, atol=0)
+    torch.testing.assert_close(K.dequantize_values(values),
+                               spec.decode_values(spec.encode_values(v), torch.float32), rtol=0, atol=0)
+
+
+def test_kivi_decode_fallback_is_unrotated_attention():
+    from oscar_core.methods.kivi import KIVISpec
+
+    b, hq, hkv, cap, r = 2, 8, 2, 128, 16
+    q = _rand(b, hq, 128, seed=24)
+    keys = K.alloc_keys(b, hkv, cap, "cpu", "kivi")
+    values = K.alloc_values(b, hkv, cap, "cpu", "kivi")
+    kfull, vfull = _rand(b, hkv, cap, 128, seed=25), _rand(b, hkv, cap, 128, seed=26)
+    K.pack_kivi_keys(kfull).copy_into(keys, 0)
+    K.pack_kivi_values(vfull).copy_into(values, 0)
+    rk, rv = _rand(b, hkv, r, 128, seed=27), _rand(b, hkv, r, 128, seed=28)
+    qlens = torch.tensor([96, 128], dtype=torch.int32)
+    rlens = torch.tensor([7, 0], dtype=torch.int32)
+    out = K.decode_attention(q, keys, values, qlens, rk, rv, rlens, force_fallback=True)
+    spec = KIVISpec()
+    kd = spec.decode_keys(spec.encode_keys(kfull), torch.float32)
+    vd = spec.decode_values(spec.encode_values(vfull), torch.float32)
+    k_all = [torch.cat([kd[i, :, : qlens[i]], rk[i, :, : rlens[i]].float()], 1) for i in range(b)]
+    v_all = [torch.cat([vd[i, :, : qlens[i]], rv[i, :, : rlens[i]].float()], 1) for i in range(b)]
+    ref = _naive_attention(q.float(), k_all, v_all, 1 / math.sqrt(128))  # no rotation, no norm
+    torch.testing.assert_close(K.decode_attention_reference(q, keys, values, qlens, rk, rv, rlens), ref,
+                               rtol=1e-5, atol=1e-5)
+    assert (out.float() - ref).norm() / ref.norm() < 1e-2
+
+
+def test_kivi_format_errors_name_the_problem():
+    from oscar_core.methods.kivi import KIVISpec
+
+    k = _rand(1, 2, 32, 128, seed=29)
+    with pytest.raises(ValueError, match="no token norm"):
+        K.from_reference_blocks(OScaRSpec().encode_keys(k), None, method="kivi")
+    with pytest.raises(ValueError, match="has no 'norm'"):
+        K.from_reference_blocks(KIVISpec().encode_keys(k), None)
+    with pytest.raises(ValueError, match="serves oscar, kivi, not 'quarot'"):
+        K.alloc_keys(1, 2, 32, "cpu", "quarot")
+    keys = K.pack_kivi_keys(k)
+    values = K.pack_values(k, force_fallback=True)  # OScaR's integer zero point
+    one = torch.tensor([32], dtype=torch.int32)
+    with pytest.raises(ValueError, match="differ in format"):
+        K.decode_attention(_rand(1, 4, 128), keys, values, one, k[:, :, :0], k[:, :, :0], one * 0,
+                           force_fallback=True)

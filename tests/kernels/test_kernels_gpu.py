@@ -66,20 +66,26 @@ def _setup(b, hq, hkv, cap, r, seed, dtype=torch.bfloat16):
     return q, keys, values, rk, rv
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize(("hq", "hkv"), [(32, 8), (8, 8), (16, 8), (8, 1)])
-def test_decode_matches_float32_reference(dtype, hq, hkv):
-    b, cap, r = 3, 2048, 128
-    q, keys, values, rk, rv = _setup(b, hq, hkv, cap, r, seed=hq * 10 + hkv, dtype=dtype)
+def _decode_three_sequences_checked(q, keys, values, rk, rv):
+    """Decode a full, a partial and a window-only sequence; each within 1e-2 of the fp32 reference."""
     ql = torch.tensor([2048, 1024 + 32, 0], dtype=torch.int32, device="cuda")
     rl = torch.tensor([0, 37, 128], dtype=torch.int32, device="cuda")
     out = torch.full_like(q, float("nan"))
     K.decode_attention(q, keys, values, ql, rk, rv, rl, out=out)
     ref = K.decode_attention_reference(q, keys, values, ql, rk, rv, rl)
     assert torch.isfinite(out).all()
-    for i in range(b):
+    for i in range(q.shape[0]):
         err = (out[i].float() - ref[i]).norm() / ref[i].norm()
         assert err < 1e-2, (i, err.item())
+    return out, ql, rl
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("hq", "hkv"), [(32, 8), (8, 8), (16, 8), (8, 1)])
+def test_decode_matches_float32_reference(dtype, hq, hkv):
+    b, cap, r = 3, 2048, 128
+    q, keys, values, rk, rv = _setup(b, hq, hkv, cap, r, seed=hq * 10 + hkv, dtype=dtype)
+    out, ql, rl = _decode_three_sequences_checked(q, keys, values, rk, rv)
     # the fallback computes the same function
     fb = K.decode_attention(q, keys, values, ql, rk, rv, rl, force_fallback=True)
     assert ((fb.float() - out.float()).norm() / fb.float().norm()) < 1e-2
@@ -144,3 +150,20 @@ def test_converters_roundtrip_on_gpu_pack():
     torch.testing.assert_close(k_hat, K.dequantize_keys(keys), rtol=0, atol=0)
     k2, v2 = K.from_reference_blocks(kb, vb)
     assert torch.equal(k2.data, keys.data) and torch.equal(v2.data, values.data)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("hq", "hkv"), [(32, 8), (8, 1)])
+def test_kivi_format_decode_matches_float32_reference(dtype, hq, hkv):
+    # KIVI's float minimum (keys: an offset MMA with B = q; values: one MMA over the 4 groups' minima),
+    # no token norm, no query rotation; outlier channels make the minima large
+    b, cap, r = 3, 2048, 128
+    g = _gen(hq + 100)
+    k = (torch.randn(b, hkv, cap, 128, device="cuda", generator=g) * 2 + 0.5)
+    k[..., 7] += 30.0
+    keys = K.pack_kivi_keys(k.to(dtype))
+    values = K.pack_kivi_values((torch.randn(b, hkv, cap, 128, device="cuda", generator=g) + 1.0).to(dtype))
+    rk = torch.randn(b, hkv, r, 128, device="cuda", generator=g).to(dtype)
+    rv = torch.randn(b, hkv, r, 128, device="cuda", generator=g).to(dtype)
+    q = (torch.randn(b, hq, 128, device="cuda", generator=g) * 0.3).to(dtype)
+    _decode_three_sequences_checked(q, keys, values, rk, rv)

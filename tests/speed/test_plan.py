@@ -123,3 +123,22 @@ def test_order_points_puts_the_paper_settings_first():
     assert [(p.batch, p.context) for p in ordered[:4]] == [(1, 131072), (1, 131072), (48, 4096), (48, 4096)]
     assert [p.impl for p in ordered[:2]] == ["bf16-static-graph", "oscar-cache"]
     assert (ordered[4].batch, ordered[4].context) == (1, 1024)
+
+
+def test_kivi_arms_are_planned_with_kivis_bytes():
+    s = _e2e_shape("qwen3-8b")
+    assert {"kivi-kernel-static", "kivi-cache"} <= set(pl.E2E_IMPLS) and "kivi-int2" in pl.KERNEL_IMPLS
+    b16 = pl.e2e_mem_estimate("bf16-static-graph", 1, 131072, s, steady=True)
+    kivi_k = pl.e2e_mem_estimate("kivi-kernel-static", 1, 131072, s, steady=True)
+    kivi_ref = pl.e2e_mem_estimate("kivi-cache", 1, 131072, s, steady=True)
+    osc_k = pl.e2e_mem_estimate("oscar-kernel-static", 1, 131072, s, steady=True)
+    # KIVI keeps no token norm (fewer bytes than OScaR) and a sliding value window; the reference
+    # cache dequantizes a layer per step on top of that
+    assert kivi_k < osc_k < b16
+    assert kivi_ref > kivi_k
+    # the kernel arm holds KIVI with values flushed in blocks with the keys (equal quantized lengths)
+    from oscar_eval.speed.packed_kernel import kernel_layout
+
+    lay = kernel_layout("kivi")
+    assert lay.value_window == "block" and not lay.token_norm
+    assert rf.split_tokens(131072, lay)[0] == rf.split_tokens(131072, lay)[2]
