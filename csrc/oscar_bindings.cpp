@@ -16,6 +16,8 @@ int launch_decode(const void* q, const uint8_t* kdata, const uint8_t* vdata, con
                   int B, int Hkv, int gqa, int Gcap, int Tcap, int R, int nsplit, int gps, float scale_log2,
                   int dtype, int phases, bool float_min, bool rotate, cudaStream_t stream);
 int decode_smem_bytes();
+int launch_append_window(const void* k, const void* v, void* rk, void* rv, const int* slot, int B, int Hkv, int R,
+                         bool rotate, int dtype, cudaStream_t stream);
 }  // namespace oscar
 
 namespace {
@@ -106,6 +108,25 @@ void decode(torch::Tensor q, torch::Tensor kdata, torch::Tensor vdata, torch::Te
            "decode_attention");
 }
 
+void append_window(torch::Tensor k, torch::Tensor v, torch::Tensor rk, torch::Tensor rv, torch::Tensor slot,
+                   bool rotate) {
+  for (auto* t : {&k, &v, &rk, &rv, &slot}) check_cuda(*t, "input");
+  TORCH_CHECK(k.dim() == 3 && k.size(2) == kD, "k must be [B, Hkv, 128]");
+  TORCH_CHECK(v.sizes() == k.sizes() && v.scalar_type() == k.scalar_type(), "v must match k");
+  const int64_t B = k.size(0), Hkv = k.size(1);
+  TORCH_CHECK(rk.dim() == 4 && rk.size(0) == B && rk.size(1) == Hkv && rk.size(3) == kD,
+              "res_k must be [B, Hkv, R, 128]");
+  TORCH_CHECK(rv.sizes() == rk.sizes(), "res_v must match res_k");
+  TORCH_CHECK(rk.scalar_type() == k.scalar_type() && rv.scalar_type() == k.scalar_type(), "window dtype != k dtype");
+  TORCH_CHECK(slot.scalar_type() == torch::kInt && slot.numel() == B, "slot must be int32 [B]");
+  if (B * Hkv == 0) return;
+  const c10::cuda::CUDAGuard guard(k.device());
+  check_rc(oscar::launch_append_window(k.data_ptr(), v.data_ptr(), rk.data_ptr(), rv.data_ptr(), slot.data_ptr<int>(),
+                                       B, Hkv, rk.size(2), rotate, dtype_code(k),
+                                       c10::cuda::getCurrentCUDAStream().stream()),
+           "append_window");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -113,4 +134,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_values", &pack_values, "per-token INT2 quantization of (rotated) values");
   m.def("decode", &decode, "split-KV decode attention over packed INT2 keys/values + residual window");
   m.def("decode_smem_bytes", &oscar::decode_smem_bytes);
+  m.def("append_window", &append_window, "append one (rotated) token per sequence to the full-precision window");
 }

@@ -871,6 +871,46 @@ __global__ void __launch_bounds__(32 * kCombineWarps) combine_kernel(const float
 }
 
 // ------------------------------------------------------------------------------------------------
+// Append one decode token per sequence to the full-precision window: grid (Hkv, B), one warp.
+// res_k[b, h, slot[b]] = the Hadamard-rotated key (rotate = 1: OScaR; the reference's butterfly order in
+// fp32, times 1/sqrt(128), rounded to T) or the key as is (KIVI); res_v[b, h, slot[b]] = the value.
+// Slots outside [0, R) write nothing. Lane = channels 4 lane .. 4 lane + 3.
+// ------------------------------------------------------------------------------------------------
+template <typename T>
+__global__ void __launch_bounds__(32) append_window_kernel(const T* __restrict__ k, const T* __restrict__ v,
+                                                           T* __restrict__ rk, T* __restrict__ rv,
+                                                           const int* __restrict__ slot, int Hkv, int R,
+                                                           int rotate) {
+  const int h = blockIdx.x, b = blockIdx.y, lane = threadIdx.x;
+  const int s = slot[b];
+  if (s < 0 || s >= R) return;
+  const size_t src = (static_cast<size_t>(b) * Hkv + h) * kD + lane * 4;
+  const size_t dst = ((static_cast<size_t>(b) * Hkv + h) * R + s) * kD + lane * 4;
+  uint2 kraw = *reinterpret_cast<const uint2*>(k + src);
+  if (rotate) {
+    const T* e = reinterpret_cast<const T*>(&kraw);
+    const float a0 = Cvt<T>::to_f(e[0]), a1 = Cvt<T>::to_f(e[1]), a2 = Cvt<T>::to_f(e[2]), a3 = Cvt<T>::to_f(e[3]);
+    const float y0 = a0 + a1, y1 = a0 - a1, y2 = a2 + a3, y3 = a2 - a3;  // butterflies h = 1, 2
+    float x[4] = {y0 + y2, y1 + y3, y0 - y2, y1 - y3};
+#pragma unroll
+    for (int m = 1; m <= 16; m <<= 1) {  // butterflies h = 4 .. 64 across lanes
+      const bool upper = (lane & m) != 0;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float p = __shfl_xor_sync(0xffffffffu, x[i], m);
+        x[i] = upper ? (p - x[i]) : (x[i] + p);
+      }
+    }
+    T r[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) r[i] = Cvt<T>::from_f(x[i] * kInvSqrtD);
+    kraw = *reinterpret_cast<const uint2*>(r);
+  }
+  *reinterpret_cast<uint2*>(rk + dst) = kraw;
+  *reinterpret_cast<uint2*>(rv + dst) = *reinterpret_cast<const uint2*>(v + src);
+}
+
+// ------------------------------------------------------------------------------------------------
 // Host launchers (return a cudaError_t; dtype: 0 = bf16, 1 = fp16).
 // ------------------------------------------------------------------------------------------------
 int launch_pack_keys(const void* k, uint8_t* out, float* norms, int N, int H, int Tn, int dtype,
@@ -938,6 +978,20 @@ int launch_decode(const void* q, const uint8_t* kdata, const uint8_t* vdata, con
                  scale_log2, phases & 12, rotate ? 1 : 0};
   if (dtype == 0) return launch_decode_dt<__nv_bfloat16>(p, B, gqa, phases, float_min, stream);
   return launch_decode_dt<__half>(p, B, gqa, phases, float_min, stream);
+}
+
+int launch_append_window(const void* k, const void* v, void* rk, void* rv, const int* slot, int B, int Hkv, int R,
+                         bool rotate, int dtype, cudaStream_t stream) {
+  dim3 grid(Hkv, B);
+  if (dtype == 0)
+    append_window_kernel<__nv_bfloat16><<<grid, 32, 0, stream>>>(
+        static_cast<const __nv_bfloat16*>(k), static_cast<const __nv_bfloat16*>(v), static_cast<__nv_bfloat16*>(rk),
+        static_cast<__nv_bfloat16*>(rv), slot, Hkv, R, rotate ? 1 : 0);
+  else
+    append_window_kernel<__half><<<grid, 32, 0, stream>>>(static_cast<const __half*>(k), static_cast<const __half*>(v),
+                                                          static_cast<__half*>(rk), static_cast<__half*>(rv), slot,
+                                                          Hkv, R, rotate ? 1 : 0);
+  return static_cast<int>(cudaGetLastError());
 }
 
 int decode_smem_bytes() { return kDecodeSmem; }

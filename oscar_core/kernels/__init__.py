@@ -10,6 +10,8 @@ Functions (all take and return the packed layout of :mod:`oscar_core.kernels.lay
 * :func:`decode_attention` one query token per sequence against the packed cache plus the
   full-precision residual window: split-KV, GQA, per-sequence device-side lengths, no host
   synchronisation and fixed shapes (CUDA-graph capturable).
+* :func:`append_window` writes one decode token per sequence into the full-precision window at
+  device-side slots, rotating the key (OScaR) in the same launch.
 * :func:`from_reference_blocks` / :func:`to_reference_blocks` convert between the reference Block
   dicts of :class:`oscar_core.methods.oscar.OScaRSpec` (or, with ``method="kivi"``,
   :class:`oscar_core.methods.kivi.KIVISpec`) and this layout, bit for bit.
@@ -58,6 +60,7 @@ __all__ = [
     "KernelValues",
     "alloc_keys",
     "alloc_values",
+    "append_window",
     "available",
     "choose_splits",
     "decode_attention",
@@ -413,6 +416,39 @@ def pack_kivi_values(v: torch.Tensor) -> KernelValues:
     _, vb = from_reference_blocks(None, _kivi_spec().encode_values(v), method="kivi")
     assert vb is not None
     return vb
+
+
+def append_window(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    res_k: torch.Tensor,
+    res_v: torch.Tensor,
+    slots: torch.Tensor,
+    *,
+    rotate: bool = True,
+    force_fallback: bool = False,
+) -> None:
+    """Write one token per sequence into the window: ``res_k[b, :, slots[b]] = H k[b]`` (``rotate``,
+    OScaR's attention basis, numerics of :func:`oscar_core.hadamard.hadamard_transform`) or ``k[b]``,
+    and ``res_v[b, :, slots[b]] = v[b]``. ``k``/``v`` ``[B, Hkv, 128]``, ``res_*`` ``[B, Hkv, R, 128]``
+    of the same dtype, ``slots`` int32 ``[B]`` on the device; slots outside ``[0, R)`` write nothing.
+    One launch, no host synchronisation (CUDA-graph capturable)."""
+    if k.dim() != 3 or k.shape[-1] != HEAD_DIM or v.shape != k.shape:
+        raise ValueError(f"k and v must be [B, Hkv, {HEAD_DIM}], got {tuple(k.shape)} and {tuple(v.shape)}")
+    if res_k.dim() != 4 or res_k.shape[:2] != k.shape[:2] or res_k.shape[3] != HEAD_DIM or res_v.shape != res_k.shape:
+        raise ValueError(f"res_k/res_v must be [B, Hkv, R, {HEAD_DIM}] matching k, got {tuple(res_k.shape)}")
+    if not (k.dtype == v.dtype == res_k.dtype == res_v.dtype):
+        raise ValueError(f"k, v and the window must share a dtype ({k.dtype}, {v.dtype}, {res_k.dtype})")
+    if _use_cuda(k, res_k, force_fallback=force_fallback) and k.dtype in (torch.bfloat16, torch.float16):
+        _ext.append_window(k.contiguous(), v.contiguous(), res_k, res_v, slots.to(torch.int32), rotate)
+        return
+    kk = hadamard_transform(k) if rotate else k
+    r = res_k.shape[2]
+    ok = (slots >= 0) & (slots < r)
+    rows = torch.arange(k.shape[0], device=k.device)[ok]
+    pos = slots.long()[ok]
+    res_k[rows, :, pos] = kk[ok]
+    res_v[rows, :, pos] = v[ok]
 
 
 # -------------------------------------------------------------------------------------------------

@@ -102,12 +102,12 @@ def _kernel_static_cache(batch: int, context: int, s: pl.Shape, device, method: 
     ``method``'s format (oscar or kivi)."""
     from transformers.cache_utils import Cache, CacheLayerMixin
 
-    from oscar_core.hadamard import hadamard_matrix
+    from oscar_core import kernels as kx
     from oscar_eval.speed.packed_kernel import PackedLayer
 
-    # OScaR's window keys are stored rotated: one small GEMM per step (a fused append kernel would
-    # do this in registers; the butterfly of oscar_core.hadamard would cost ~30 launches per layer).
-    rot = hadamard_matrix(s.head_dim, dtype=torch.float32, device=device) if method == "oscar" else None
+    # OScaR's window keys are stored rotated: kernels.append_window rotates and writes the new token in
+    # one launch per layer (KIVI's are written as they are).
+    rotate = method == "oscar"
 
     class _Layer(CacheLayerMixin):
         is_compileable = True
@@ -117,8 +117,7 @@ def _kernel_static_cache(batch: int, context: int, s: pl.Shape, device, method: 
             super().__init__()
             self.packed = PackedLayer(batch, context, s.num_kv_heads, s.head_dim, device, method=method)
             # The decode state counts this step's token in the window: it is written at rlens - 1.
-            self.slot = (self.packed.rlens.long() - 1).clamp(min=0)
-            self.rows = torch.arange(batch, device=device)
+            self.slot = (self.packed.rlens - 1).clamp(min=0).to(torch.int32)
             self.is_initialized = True
             self.max_cache_len = context + 1
             self.max_batch_size = batch
@@ -129,9 +128,8 @@ def _kernel_static_cache(batch: int, context: int, s: pl.Shape, device, method: 
 
         def update(self, key_states, value_states, *args, **kwargs):
             p = self.packed
-            k = key_states[:, :, 0] if rot is None else key_states[:, :, 0].float() @ rot
-            p.res_k[self.rows, :, self.slot] = k.to(p.res_k.dtype)
-            p.res_v[self.rows, :, self.slot] = value_states[:, :, 0].to(p.res_v.dtype)
+            kx.append_window(key_states[:, :, 0].to(p.res_k.dtype), value_states[:, :, 0].to(p.res_v.dtype),
+                             p.res_k, p.res_v, self.slot, rotate=rotate)
             return key_states, value_states
 
         def packed_attend(self, query, scaling):

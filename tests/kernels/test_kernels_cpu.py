@@ -280,3 +280,22 @@ def test_kivi_format_errors_name_the_problem():
     with pytest.raises(ValueError, match="differ in format"):
         K.decode_attention(_rand(1, 4, 128), keys, values, one, k[:, :, :0], k[:, :, :0], one * 0,
                            force_fallback=True)
+
+
+def test_append_window_rotates_and_skips_out_of_range_slots():
+    b, hkv, r = 3, 2, 8
+    k, v = _rand(b, hkv, 128, seed=30), _rand(b, hkv, 128, seed=31)
+    res_k = torch.zeros(b, hkv, r, 128, dtype=torch.bfloat16)
+    res_v = torch.zeros_like(res_k)
+    slots = torch.tensor([0, 5, r], dtype=torch.int32)  # the last sequence's slot is outside the window
+    K.append_window(k, v, res_k, res_v, slots, force_fallback=True)
+    assert torch.equal(res_k[0, :, 0], hadamard_transform(k)[0]) and torch.equal(res_v[1, :, 5], v[1])
+    assert torch.equal(res_k[1, :, 5], hadamard_transform(k)[1])
+    written = torch.zeros(b, r, dtype=torch.bool)
+    written[0, 0] = written[1, 5] = True
+    assert (res_k.abs().sum((1, 3)) > 0).eq(written).all() and (res_v.abs().sum((1, 3)) > 0).eq(written).all()
+    K.append_window(k, v, res_k, res_v, torch.tensor([1, 1, 1], dtype=torch.int32), rotate=False,
+                    force_fallback=True)
+    assert torch.equal(res_k[:, :, 1], k)  # KIVI: the key as it is
+    with pytest.raises(ValueError, match="share a dtype"):
+        K.append_window(k.float(), v, res_k, res_v, slots, force_fallback=True)

@@ -167,3 +167,19 @@ def test_kivi_format_decode_matches_float32_reference(dtype, hq, hkv):
     rv = torch.randn(b, hkv, r, 128, device="cuda", generator=g).to(dtype)
     q = (torch.randn(b, hq, 128, device="cuda", generator=g) * 0.3).to(dtype)
     _decode_three_sequences_checked(q, keys, values, rk, rv)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rotate", [True, False])
+def test_append_window_matches_the_reference_rotation_bit_for_bit(dtype, rotate):
+    b, hkv, r = 4, 8, 128
+    g = _gen(40 + rotate)
+    k = (torch.randn(b, hkv, 128, device="cuda", generator=g) * 3).to(dtype)
+    v = torch.randn(b, hkv, 128, device="cuda", generator=g).to(dtype)
+    slots = torch.tensor([0, 127, 40, 128], dtype=torch.int32, device="cuda")  # 128: outside, no write
+    got_k = torch.randn(b, hkv, r, 128, device="cuda", generator=g).to(dtype)
+    got_v = torch.randn_like(got_k)
+    ref_k, ref_v = got_k.clone(), got_v.clone()
+    K.append_window(k, v, got_k, got_v, slots, rotate=rotate)
+    K.append_window(k, v, ref_k, ref_v, slots, rotate=rotate, force_fallback=True)
+    assert torch.equal(got_k, ref_k) and torch.equal(got_v, ref_v)
