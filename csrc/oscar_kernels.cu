@@ -57,6 +57,26 @@ struct Cvt<__half> {
   static __device__ __forceinline__ __half from_f(float x) { return __float2half_rn(x); }
 };
 
+// Unnormalized 128-point Walsh-Hadamard transform of one row held by a warp, lane = channels 4 lane .. +3,
+// in the reference's butterfly order (oscar_core/hadamard.py: stages 1, 2 in registers, 4 .. 64 across lanes;
+// (a + b, a - b) with a the lower index), so that fp32 results are bit-identical.
+__device__ __forceinline__ void fwht128_warp(float (&x)[4], int lane) {
+  const float y0 = x[0] + x[1], y1 = x[0] - x[1], y2 = x[2] + x[3], y3 = x[2] - x[3];
+  x[0] = y0 + y2;
+  x[1] = y1 + y3;
+  x[2] = y0 - y2;
+  x[3] = y1 - y3;
+#pragma unroll
+  for (int m = 1; m <= 16; m <<= 1) {
+    const bool upper = (lane & m) != 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float p = __shfl_xor_sync(0xffffffffu, x[i], m);
+      x[i] = upper ? (p - x[i]) : (x[i] + p);
+    }
+  }
+}
+
 // ------------------------------------------------------------------------------------------------
 // The one quantizer (integer zero point, 2 bits), bit-for-bit as oscar_core/quant.py.
 // ------------------------------------------------------------------------------------------------
@@ -532,22 +552,7 @@ __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
       v[1] = a1;
       v[2] = a2;
       v[3] = a3;
-      if (P.rotate) {
-        const float y0 = a0 + a1, y1 = a0 - a1, y2 = a2 + a3, y3 = a2 - a3;  // butterflies h = 1, 2
-        v[0] = y0 + y2;
-        v[1] = y1 + y3;
-        v[2] = y0 - y2;
-        v[3] = y1 - y3;
-#pragma unroll
-        for (int m = 1; m <= 16; m <<= 1) {  // butterflies h = 4 .. 64 across lanes
-          const bool upper = (lane & m) != 0;
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const float p = __shfl_xor_sync(0xffffffffu, v[i], m);
-            v[i] = upper ? (p - v[i]) : (v[i] + p);
-          }
-        }
-      }
+      if (P.rotate) fwht128_warp(v, lane);
     }
     *reinterpret_cast<float4*>(qs + j * kD + lane * 4) = make_float4(v[0], v[1], v[2], v[3]);
   }
@@ -889,18 +894,8 @@ __global__ void __launch_bounds__(32) append_window_kernel(const T* __restrict__
   uint2 kraw = *reinterpret_cast<const uint2*>(k + src);
   if (rotate) {
     const T* e = reinterpret_cast<const T*>(&kraw);
-    const float a0 = Cvt<T>::to_f(e[0]), a1 = Cvt<T>::to_f(e[1]), a2 = Cvt<T>::to_f(e[2]), a3 = Cvt<T>::to_f(e[3]);
-    const float y0 = a0 + a1, y1 = a0 - a1, y2 = a2 + a3, y3 = a2 - a3;  // butterflies h = 1, 2
-    float x[4] = {y0 + y2, y1 + y3, y0 - y2, y1 - y3};
-#pragma unroll
-    for (int m = 1; m <= 16; m <<= 1) {  // butterflies h = 4 .. 64 across lanes
-      const bool upper = (lane & m) != 0;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float p = __shfl_xor_sync(0xffffffffu, x[i], m);
-        x[i] = upper ? (p - x[i]) : (x[i] + p);
-      }
-    }
+    float x[4] = {Cvt<T>::to_f(e[0]), Cvt<T>::to_f(e[1]), Cvt<T>::to_f(e[2]), Cvt<T>::to_f(e[3])};
+    fwht128_warp(x, lane);
     T r[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) r[i] = Cvt<T>::from_f(x[i] * kInvSqrtD);
