@@ -153,12 +153,13 @@ def provenance_section(store: Store, refs: dict[str, str], superseded: list[tupl
         speed_rows_.append([refs[f.name], f"speed/{f.name}.json", _get(env, "gpu"), _get(env, "driver"),
                             _compact(clocks), ", ".join(f"{k} {_get(env, k)}" for k in
                                                         ("cuda", "torch", "transformers", "oscar_eval", "git_commit")),
-                            "—" if f.peak_bandwidth_gbps is None else f"{f.peak_bandwidth_gbps:.0f}", str(len(f.rows))])
+                            "—" if f.peak_bandwidth_gbps is None else f"{f.peak_bandwidth_gbps:.0f}", str(len(f.rows)),
+                            f.note or "—"])
         speed_anchors.append(slug("prov", refs[f.name]))
     if speed_rows_:
         section.blocks.append(TextTable("prov-speed", "Speed runs (speed/*.json)",
                                         ["ref", "file", "GPU", "driver", "clocks (MHz)", "versions",
-                                         "peak GB/s", "rows"], speed_rows_, speed_anchors))
+                                         "peak GB/s", "rows", "note"], speed_rows_, speed_anchors))
     return section
 
 

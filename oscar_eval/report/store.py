@@ -87,6 +87,7 @@ class SpeedFile:
     env: dict[str, Any]
     peak_bandwidth_gbps: float | None
     rows: list[dict[str, Any]]
+    note: str = ""  # free text the measurer added (e.g. which commit the sources are)
 
 
 @dataclass
@@ -174,5 +175,6 @@ def load_store(root: str | Path, include_smoke: bool = False) -> Store:
             continue
         env = data.get("env") if isinstance(data.get("env"), dict) else {}
         good = [r for r in rows if isinstance(r, dict)]
-        store.speed.append(SpeedFile(path.stem, env, num(data.get("peak_bandwidth_gbps")), good))
+        note = data.get("note") if isinstance(data.get("note"), str) else ""
+        store.speed.append(SpeedFile(path.stem, env, num(data.get("peak_bandwidth_gbps")), good, note))
     return store

@@ -76,11 +76,13 @@ class StoreWriter:
                 f.write(json.dumps(r) + "\n")
         return run_id
 
-    def speed(self, name: str, rows: list[dict[str, Any]], gpu: str = "NVIDIA H200") -> None:
+    def speed(self, name: str, rows: list[dict[str, Any]], gpu: str = "NVIDIA H200", note: str | None = None) -> None:
         (self.root / "speed").mkdir(exist_ok=True)
         env = {"gpu": gpu, "driver": "580.1", "clocks": {"sm_mhz": 1980, "mem_mhz": 3201}, "cuda": "13.0",
                "torch": "2.11.0", "transformers": "5.17.0", "oscar_eval": "0.1.0", "git_commit": "deadbeef"}
         data = {"schema": 1, "kind": "speed", "env": env, "peak_bandwidth_gbps": 4300.0, "rows": rows}
+        if note is not None:
+            data["note"] = note
         (self.root / "speed" / f"{name}.json").write_text(json.dumps(data), encoding="utf-8")
 
 
@@ -139,7 +141,8 @@ def hostile_store(writer: StoreWriter) -> None:
                records=[record("qasper_e", 0, failed=True, error=HOSTILE, prediction=HOSTILE)])
     writer.run("longbench_e", label, HOSTILE, average=39.0, bits=2.0)
     writer.run(HOSTILE, "Qwen3-8B", "oscar", average=1.0, protocol=HOSTILE)
-    writer.speed("s", [speed_row(HOSTILE, 1, 4096, 20.0, kv_bytes=100), speed_row("oscar-int2", 1, 4096, 10.0)])
+    writer.speed("s", [speed_row(HOSTILE, 1, 4096, 20.0, kv_bytes=100), speed_row("oscar-int2", 1, 4096, 10.0)],
+                 note=HOSTILE)
 
 
 # --- headless Chromium over the DevTools protocol (--remote-debugging-pipe: stdlib only) -----------

@@ -43,6 +43,8 @@ def test_hostile_text_is_escaped_in_html(writer, tmp_path):
             assert attrs["href"].startswith("#")
     # The hostile label is a column of Table 1 (no paper match), shown as text.
     assert html_tables(html)["table1-main"][0][-1] == f"{HOSTILE} $\\frac{{1$"
+    # a speed file's free-text note is shown in the provenance, as text
+    assert html_tables(html)["prov-speed"][1][-1] == HOSTILE
 
 
 def test_hostile_text_is_escaped_in_markdown(writer, tmp_path):
