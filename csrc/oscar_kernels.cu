@@ -139,47 +139,24 @@ __device__ __forceinline__ int meta_pos(int idx, int grp, bool keys) {
   return 2 * (((j >> 2) * 4 + t4) * 4 + (j & 3)) + e;
 }
 
-// Byte offset of the 32-bit word and the bit position of (row, col) for the key / value tile.
-__device__ __forceinline__ void frag_pos(int row, int col, bool keys, int& word_off, int& bit) {
-  int rt = row >> 4, r = row & 15, ct = col >> 4, c = col & 15;
-  int lane = (r & 7) * 4 + ((c & 7) >> 1);
-  int reg = (r >> 3) + 2 * (c >> 3);
-  int half = c & 1;
-  int word = keys ? ct : rt;
-  int field = (keys ? rt : ct) * 4 + reg;
-  word_off = (((word >> 2) * 32 + lane) * 16) + (word & 3) * 4;
-  bit = half * 16 + 2 * field;
-}
-
-// Assemble the 256 packed words of one 32x128 code tile (codes in smem as [row][col] bytes, keys:
-// [token][channel]; values: [channel][token] stored as [token][channel] too, see below) and store them.
-// `code_at(row, col)` reads the code of the fragment tile's (row, col).
-template <bool kKeys>
-__device__ __forceinline__ void store_packed_words(const uint8_t* codes_tc, uint8_t* dst_block, int tid,
-                                                   int nthreads) {
-  // codes_tc is [token][channel] (32 x 128) for both keys and values.
+// Assemble the 256 packed words of one value tile (codes in smem as [token][channel] bytes; the fragment
+// tile's rows are channels, its columns tokens) and store them.
+__device__ __forceinline__ void store_value_words(const uint8_t* codes_tc, uint8_t* dst_block, int tid,
+                                                  int nthreads) {
   for (int wi = tid; wi < 256; wi += nthreads) {
-    int lane = (wi >> 2) & 31;
-    int word = (wi >> 7) * 4 + (wi & 3);
-    int g = lane >> 2, tq = lane & 3;
+    const int lane = (wi >> 2) & 31;
+    const int word = (wi >> 7) * 4 + (wi & 3);  // the 16-channel row tile
+    const int g = lane >> 2, tq = lane & 3;
     uint32_t w = 0;
 #pragma unroll
     for (int f = 0; f < 8; ++f) {
-      int reg = f & 3;
-      int rt_or_ct = f >> 2;
-      int rowhi = reg & 1, colhi = reg >> 1;
+      const int reg = f & 3, ct = f >> 2;  // field = token tile * 4 + fragment register
+      const int rowhi = reg & 1, colhi = reg >> 1;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        int row, col;
-        if (kKeys) {  // row = token (rt = f>>2), col = channel (ct = word)
-          row = rt_or_ct * 16 + rowhi * 8 + g;
-          col = word * 16 + colhi * 8 + tq * 2 + h;
-          w |= static_cast<uint32_t>(codes_tc[row * kD + col]) << (h * 16 + 2 * f);
-        } else {  // row = channel (rt = word), col = token (ct = f>>2)
-          row = word * 16 + rowhi * 8 + g;
-          col = rt_or_ct * 16 + colhi * 8 + tq * 2 + h;
-          w |= static_cast<uint32_t>(codes_tc[col * kD + row]) << (h * 16 + 2 * f);
-        }
+        const int row = word * 16 + rowhi * 8 + g;         // channel
+        const int col = ct * 16 + colhi * 8 + tq * 2 + h;  // token
+        w |= static_cast<uint32_t>(codes_tc[col * kD + row]) << (h * 16 + 2 * f);
       }
     }
     reinterpret_cast<uint32_t*>(dst_block)[wi] = w;
@@ -197,7 +174,7 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Pack keys: grid (T/32, N), 128 threads (4 warps), dynamic smem kPackSmem(H). One CTA quantizes one
+// Pack keys: grid (T/32, N), 128 threads (4 warps), dynamic smem pack_keys_smem(H). One CTA quantizes one
 // 32-token group of every kv head (the token norm spans all heads).
 //  1. cp.async of every head's 32x128 tile into padded smem rows (272 B: conflict-free 16-byte accesses).
 //  2. Warp w rotates heads w, w+4, ...: lane = token, the 128 channels in registers, the FWHT in the
@@ -213,7 +190,6 @@ constexpr int kPackRow = kD + 8;  // elements per padded smem row
 __host__ __device__ constexpr size_t pack_keys_smem(int H, size_t elem) {
   return static_cast<size_t>(H) * kGT * kPackRow * elem + static_cast<size_t>(H) * kGT * 4 + 2 * kGT * 4;
 }
-
 
 template <typename T>
 __global__ void __launch_bounds__(128, 3) pack_keys_kernel(const T* __restrict__ k, uint8_t* __restrict__ out,
@@ -398,7 +374,7 @@ __global__ void __launch_bounds__(128) pack_values_kernel(const T* __restrict__ 
   reinterpret_cast<__half*>(blk + 1024)[meta_pos(t, grp, false)] = p.s16;
   reinterpret_cast<__half*>(blk + 1280)[meta_pos(t, grp, false)] = __float2half_rn(p.z + 1024.f);
   __syncthreads();
-  store_packed_words<false>(codes, blk, tid, 128);
+  store_value_words(codes, blk, tid, 128);
 }
 
 // ------------------------------------------------------------------------------------------------
