@@ -212,6 +212,18 @@ class _Plan:
     loaded: Any = None
 
 
+def _check_method_on_model(model: Any, name: str, overrides: dict) -> None:
+    """Build the method's cache once before any item: a method that cannot run on this model (rotatekv
+    without a calibration, an unsupported head layout) is one clear error, not a failed record per item."""
+    import oscar_core as oc
+    from oscar_core.methods import MethodConfigError
+
+    try:
+        oc.make_cache(model, name, **overrides)
+    except (MethodConfigError, ValueError) as exc:
+        raise UserError(f"method {name!r} on this model: {str(exc).splitlines()[0]}") from None
+
+
 def _run_method(plan: _Plan, name: str, spec: Any, reload: bool) -> dict:
     from oscar_eval import provenance
     from oscar_eval.models import load_model, runner_for
@@ -254,6 +266,8 @@ def _run_method(plan: _Plan, name: str, spec: Any, reload: bool) -> dict:
             if before and before != digest:
                 raise UserError(f"data file {fname} changed since run {run_id} started; "
                                 "rerun with --overwrite")
+    method_overrides = overrides_for(name, overrides)
+    _check_method_on_model(loaded.model, name, method_overrides)
     bpe = _bits_per_element(spec, max_input_len, loaded.kv_shape())
     all_subsets = list(bench.subsets())
     all_files = dict(data_files)
@@ -275,7 +289,6 @@ def _run_method(plan: _Plan, name: str, spec: Any, reload: bool) -> dict:
         "updated": provenance.now(),
     })
     runner = runner_for(bench.kind, loaded, max_input_len=max_input_len, chat_template=chat_template)
-    method_overrides = overrides_for(name, overrides)
 
     def generate(item, _runner=runner, _loaded=loaded, _name=name, _ov=method_overrides):
         import oscar_core as oc

@@ -16,7 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("method", choices=["rotatekv"], help="method to calibrate")
     p.add_argument("--model", required=True, help="model folder or a repo id already in the local Hugging Face cache")
     p.add_argument("--text", required=True, help="UTF-8 text file to calibrate on")
-    p.add_argument("--out", help="calibration folder (default: $OSCAR_EVAL_CALIBRATION_DIR or results/calibration)")
+    p.add_argument("--out", help="calibration folder (default: $OSCAR_EVAL_CALIBRATION_DIR or <results>/calibration)")
+    p.add_argument("--results", default="results",
+                   help="results store whose calibration/ folder `oscar-eval run --results` reads (default: results)")
     p.add_argument("--seq-len", type=int, default=2048, help="tokens per calibration chunk (default: 2048)")
     p.add_argument("--max-tokens", type=int, default=2048 * 64, help="calibration tokens in all (default: 131072)")
     p.add_argument("--head-group", type=int, default=4, help="KV heads per grouped Hadamard (default: 4)")
@@ -35,12 +37,14 @@ def main(args: argparse.Namespace) -> int:
         raise UserError("--seq-len and --max-tokens must be at least 2")
     from oscar_core.calibration import calibrate_rotatekv
     from oscar_core.methods import MethodConfigError
+    from oscar_eval.commands import calibration_dir_of
     from oscar_eval.models import load_model
 
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     try:
-        data = calibrate_rotatekv(loaded.model, loaded.tokenizer, text, seq_len=args.seq_len,
-                                  max_tokens=args.max_tokens, head_group=args.head_group, out_dir=args.out)
+        with calibration_dir_of(args.results):
+            data = calibrate_rotatekv(loaded.model, loaded.tokenizer, text, seq_len=args.seq_len,
+                                      max_tokens=args.max_tokens, head_group=args.head_group, out_dir=args.out)
     except MethodConfigError as exc:
         raise UserError(str(exc)) from None
     print(f"rotatekv calibration: {data['n_tokens']} tokens from {text}, {data['num_layers']} layers, "

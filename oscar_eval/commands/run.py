@@ -69,13 +69,16 @@ def main(args: argparse.Namespace) -> int:
         from oscar_eval.cli import UserError
 
         raise UserError("--judge-model/--judge-cache: only for the mmau_pro benchmark")
-    summaries = run_benchmark(
-        args.benchmark, model=args.model, methods=args.methods or ["oscar"], subsets=args.subsets,
-        limit=args.limit, data_dir=args.data_dir, max_input_len=args.max_input_len, results=args.results,
-        resume=args.resume, overwrite=args.overwrite, device=args.device, dtype=args.dtype,
-        chat_template=args.chat_template, model_label=args.model_label,
-        overrides=parse_overrides(args.overrides), seed=args.seed, progress=not args.no_progress,
-        benchmark_options=bench_options)
+    from oscar_eval.commands import calibration_dir_of
+
+    with calibration_dir_of(args.results):  # rotatekv finds its calibration next to the results
+        summaries = run_benchmark(
+            args.benchmark, model=args.model, methods=args.methods or ["oscar"], subsets=args.subsets,
+            limit=args.limit, data_dir=args.data_dir, max_input_len=args.max_input_len, results=args.results,
+            resume=args.resume, overwrite=args.overwrite, device=args.device, dtype=args.dtype,
+            chat_template=args.chat_template, model_label=args.model_label,
+            overrides=parse_overrides(args.overrides), seed=args.seed, progress=not args.no_progress,
+            benchmark_options=bench_options)
     print_summaries(summaries)
     return 0
 

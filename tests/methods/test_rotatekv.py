@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from tiny_models import generate, llama, qwen3
@@ -211,3 +213,32 @@ def test_llava_next_language_model_is_supported(monkeypatch):
     _, got = generate(model, x, cache, 10)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
     assert cache.layers[0].state.per_seq[0]["sinks"].numel() > 0  # captured through the LLaVA wrapper
+
+
+def test_calibration_lives_next_to_the_results_store(tmp_path, monkeypatch, capsys):
+    import os
+
+    from oscar_eval.cli import main
+    from oscar_eval.smoke import build_tokenizer
+
+    monkeypatch.delenv("OSCAR_EVAL_CALIBRATION_DIR", raising=False)
+    tok = build_tokenizer()
+    model, _ = llama(vocab_size=len(tok), **KV4)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    text = tmp_path / "c.txt"
+    text.write_text("some calibration text, not evaluation data. " * 10)
+    res = tmp_path / "res"
+    assert main(["calibrate", "rotatekv", "--model", str(tmp_path / "m"), "--text", str(text), "--results", str(res),
+                 "--device", "cpu", "--dtype", "float32", "--seq-len", "128"]) == 0
+    assert len(list((res / "calibration").glob("rotatekv-*.pt"))) == 1
+    assert "OSCAR_EVAL_CALIBRATION_DIR" not in os.environ  # set for the command only
+    data = Path(__file__).resolve().parents[2] / "oscar_eval" / "data" / "longbench_e_smoke"
+    run = ["run", "longbench", "--model", str(tmp_path / "m"), "--data-dir", str(data), "--method", "rotatekv",
+           "--subset", "qasper_e", "--limit", "1", "--device", "cpu", "--dtype", "float32", "--no-progress"]
+    assert main([*run, "--results", str(res)]) == 0  # found in <results>/calibration
+    assert "1 items, 0 failed" in capsys.readouterr().out
+    other = tmp_path / "other"
+    assert main([*run, "--results", str(other)]) == 2  # one clear error before any item
+    assert str(other / "calibration") in capsys.readouterr().err
+    assert not list(other.glob("runs/*/records.jsonl"))
