@@ -179,8 +179,8 @@ def test_standalone_round_trip_needs_identity_and_recovers_the_keys():
     assert spec.bits_per_element(32768, 8, 128) == pytest.approx(2.25 + 20 * 16 / 32768)  # T mod R = 0: no window
 
 
-def test_cli_calibrates_a_local_model(tmp_path, monkeypatch):
-    from oscar_eval.cli import main
+def _saved_model_and_text(tmp_path):
+    """A tiny Llama saved under tmp_path/m (with the smoke tokenizer) and a calibration text file."""
     from oscar_eval.smoke import build_tokenizer
 
     tok = build_tokenizer()
@@ -189,6 +189,13 @@ def test_cli_calibrates_a_local_model(tmp_path, monkeypatch):
     tok.save_pretrained(tmp_path / "m")
     text = tmp_path / "c.txt"
     text.write_text("some calibration text, not evaluation data. " * 10)
+    return model, text
+
+
+def test_cli_calibrates_a_local_model(tmp_path, monkeypatch):
+    from oscar_eval.cli import main
+
+    model, text = _saved_model_and_text(tmp_path)
     out = tmp_path / "calib"
     rc = main(["calibrate", "rotatekv", "--model", str(tmp_path / "m"), "--text", str(text), "--out", str(out),
                "--device", "cpu", "--dtype", "float32", "--seq-len", "128"])
@@ -219,15 +226,9 @@ def test_calibration_lives_next_to_the_results_store(tmp_path, monkeypatch, caps
     import os
 
     from oscar_eval.cli import main
-    from oscar_eval.smoke import build_tokenizer
 
     monkeypatch.delenv("OSCAR_EVAL_CALIBRATION_DIR", raising=False)
-    tok = build_tokenizer()
-    model, _ = llama(vocab_size=len(tok), **KV4)
-    model.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
-    text = tmp_path / "c.txt"
-    text.write_text("some calibration text, not evaluation data. " * 10)
+    _, text = _saved_model_and_text(tmp_path)
     res = tmp_path / "res"
     assert main(["calibrate", "rotatekv", "--model", str(tmp_path / "m"), "--text", str(text), "--results", str(res),
                  "--device", "cpu", "--dtype", "float32", "--seq-len", "128"]) == 0
