@@ -8,7 +8,7 @@
 #include <cuda_runtime.h>
 
 namespace oscar {
-int launch_pack_keys(const void* k, uint8_t* out, float* norms, int N, int H, int Tn, int dtype,
+int launch_pack_keys(const void* k, uint8_t* out, float* norms, int N, int H, int Tn, int dtype, bool rotate,
                      cudaStream_t stream);
 int launch_pack_values(const void* v, uint8_t* out, int N, int H, int Tn, int dtype, cudaStream_t stream);
 int launch_decode(const void* q, const uint8_t* kdata, const uint8_t* vdata, const float* norms, const int* qlen,
@@ -40,7 +40,7 @@ void check_rc(int rc, const char* what) {
   TORCH_CHECK(rc == 0, what, " failed: ", cudaGetErrorString(static_cast<cudaError_t>(rc)));
 }
 
-void pack_keys(torch::Tensor k, torch::Tensor out, torch::Tensor norms) {
+void pack_keys(torch::Tensor k, torch::Tensor out, torch::Tensor norms, bool rotate) {
   check_cuda(k, "k");
   check_cuda(out, "out");
   check_cuda(norms, "norms");
@@ -53,7 +53,7 @@ void pack_keys(torch::Tensor k, torch::Tensor out, torch::Tensor norms) {
   if (N * T == 0) return;
   const c10::cuda::CUDAGuard guard(k.device());
   check_rc(oscar::launch_pack_keys(k.data_ptr(), out.data_ptr<uint8_t>(), norms.data_ptr<float>(), N, H, T,
-                                   dtype_code(k), c10::cuda::getCurrentCUDAStream().stream()),
+                                   dtype_code(k), rotate, c10::cuda::getCurrentCUDAStream().stream()),
            "pack_keys");
 }
 

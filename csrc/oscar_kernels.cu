@@ -179,8 +179,10 @@ __device__ __forceinline__ void cp_async_wait() {
 //  1. cp.async of every head's 32x128 tile into padded smem rows (272 B: conflict-free 16-byte accesses).
 //  2. Warp w rotates heads w, w+4, ...: lane = token, the 128 channels in registers, the FWHT in the
 //     reference's butterfly order (stages 1..64, (a+b, a-b)) in fp32, times 1/sqrt(128), rounded to the
-//     input dtype as the reference's rotation returns it, written back in place; per-head sums of squares.
-//  3. fp32 token norm over all heads (0 counts as 1) and its correctly rounded reciprocal.
+//     input dtype as the reference's rotation returns it, written back in place (rotate = 0: the keys are
+//     already rotated, as the cache holds them); per-head sums of squares in token_norms' order (channel
+//     by channel, s = s + x*x, every step rounded).
+//  3. fp32 token norm over all heads (head by head; 0 counts as 1) and its correctly rounded reciprocal.
 //  4. Warp w quantizes heads w, w+4, ...: lane = 4 channels x 32 tokens (per-channel groups are lane-local):
 //     x = rotated / norm and round(x / s), both correctly rounded divisions (div_rn: q = a * rcp(b), one
 //     FMA residual correction), the integer-zero-point parameters of quant.py, codes assembled into the
@@ -193,7 +195,8 @@ __host__ __device__ constexpr size_t pack_keys_smem(int H, size_t elem) {
 
 template <typename T>
 __global__ void __launch_bounds__(128, 3) pack_keys_kernel(const T* __restrict__ k, uint8_t* __restrict__ out,
-                                                            float* __restrict__ norms, int H, int Tn, int G) {
+                                                            float* __restrict__ norms, int H, int Tn, int G,
+                                                            int rotate) {
   extern __shared__ __align__(16) uint8_t smem[];
   T* rot = reinterpret_cast<T*>(smem);  // [H][32][kPackRow]
   float* ssq = reinterpret_cast<float*>(smem + static_cast<size_t>(H) * kGT * kPackRow * sizeof(T));  // [H][32]
@@ -227,38 +230,41 @@ __global__ void __launch_bounds__(128, 3) pack_keys_kernel(const T* __restrict__
 #pragma unroll
       for (int i = 0; i < 8; ++i) x[j * 8 + i] = Cvt<T>::to_f(e[i]);
     }
+    if (rotate) {
 #pragma unroll
-    for (int hh = 1; hh < kD; hh <<= 1) {
+      for (int hh = 1; hh < kD; hh <<= 1) {
 #pragma unroll
-      for (int i = 0; i < kD; ++i) {
-        if (!(i & hh)) {
-          const float a = x[i], b = x[i + hh];
-          x[i] = a + b;
-          x[i + hh] = a - b;
+        for (int i = 0; i < kD; ++i) {
+          if (!(i & hh)) {
+            const float a = x[i], b = x[i + hh];
+            x[i] = a + b;
+            x[i + hh] = a - b;
+          }
         }
       }
-    }
-    float ss = 0.f;
 #pragma unroll
-    for (int j = 0; j < kRowChunks; ++j) {
-      uint4 raw;
-      T* e = reinterpret_cast<T*>(&raw);
+      for (int j = 0; j < kRowChunks; ++j) {
+        uint4 raw;
+        T* e = reinterpret_cast<T*>(&raw);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        e[i] = Cvt<T>::from_f(x[j * 8 + i] * kInvSqrtD);
-        const float f = Cvt<T>::to_f(e[i]);
-        ss = fmaf(f, f, ss);
+        for (int i = 0; i < 8; ++i) {
+          e[i] = Cvt<T>::from_f(x[j * 8 + i] * kInvSqrtD);
+          x[j * 8 + i] = Cvt<T>::to_f(e[i]);
+        }
+        reinterpret_cast<uint4*>(row)[j] = raw;
       }
-      reinterpret_cast<uint4*>(row)[j] = raw;
     }
+    float ss = __fmul_rn(x[0], x[0]);  // token_norms' order; _rn: no FMA contraction
+#pragma unroll
+    for (int i = 1; i < kD; ++i) ss = __fadd_rn(ss, __fmul_rn(x[i], x[i]));
     ssq[h * kGT + lane] = ss;
   }
   __syncthreads();
 
   // 3. token norms
   if (warp == 0) {
-    float s = 0.f;
-    for (int h = 0; h < H; ++h) s += ssq[h * kGT + lane];
+    float s = ssq[lane];
+    for (int h = 1; h < H; ++h) s = __fadd_rn(s, ssq[h * kGT + lane]);
     float nv = sqrtf(s);
     nv = nv > 0.f ? nv : 1.f;
     nrm[lane] = nv;
@@ -884,7 +890,7 @@ __global__ void __launch_bounds__(32) append_window_kernel(const T* __restrict__
 // ------------------------------------------------------------------------------------------------
 // Host launchers (return a cudaError_t; dtype: 0 = bf16, 1 = fp16).
 // ------------------------------------------------------------------------------------------------
-int launch_pack_keys(const void* k, uint8_t* out, float* norms, int N, int H, int Tn, int dtype,
+int launch_pack_keys(const void* k, uint8_t* out, float* norms, int N, int H, int Tn, int dtype, bool rotate,
                      cudaStream_t stream) {
   const int G = Tn / kGT;
   const size_t smem = pack_keys_smem(H, 2);
@@ -897,9 +903,11 @@ int launch_pack_keys(const void* k, uint8_t* out, float* norms, int N, int H, in
   }
   dim3 grid(G, N);
   if (dtype == 0)
-    pack_keys_kernel<__nv_bfloat16><<<grid, 128, smem, stream>>>(static_cast<const __nv_bfloat16*>(k), out, norms, H, Tn, G);
+    pack_keys_kernel<__nv_bfloat16><<<grid, 128, smem, stream>>>(static_cast<const __nv_bfloat16*>(k), out, norms, H, Tn,
+                                                                  G, rotate ? 1 : 0);
   else
-    pack_keys_kernel<__half><<<grid, 128, smem, stream>>>(static_cast<const __half*>(k), out, norms, H, Tn, G);
+    pack_keys_kernel<__half><<<grid, 128, smem, stream>>>(static_cast<const __half*>(k), out, norms, H, Tn, G,
+                                                           rotate ? 1 : 0);
   return static_cast<int>(cudaGetLastError());
 }
 

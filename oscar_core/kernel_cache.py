@@ -3,10 +3,11 @@
 :class:`KernelOScaRLayer` keeps everything :class:`~oscar_core.cache.PackedKVLayer` does (window,
 flush policy, per-sequence alignment, padding) but stores the quantized tokens in the decode
 kernel's layout (``[B, Hkv, groups, 1536]`` bytes per stream, fp32 token norms ``[B, tokens]``).
-Blocks are encoded by the reference quantizer and converted bit for bit
-(``kernels.from_reference_blocks``), so the stored codes are exactly the reference path's; one decode
-step of attention is then one kernel call (split-KV over the packed cache plus the full-precision
-window) instead of dequantizing the history.
+Blocks (the prompt, each flush) are packed by the CUDA pack kernels, which reproduce the reference
+quantizer bit for bit; elsewhere (CPU, fp32 models) the reference encodes and
+``kernels.from_reference_blocks`` converts, with the same bits. One decode step of attention is then
+one kernel call (split-KV over the packed cache plus the full-precision window) instead of
+dequantizing the history.
 """
 
 from __future__ import annotations
@@ -104,12 +105,17 @@ class KernelOScaRLayer(PackedKVLayer):
     # -- storage in the kernel layout ------------------------------------------------------
     def _store_units(self, s: _Stream, x: torch.Tensor, owners: list[tuple[int, int]], capacity: int,
                      batch: int) -> None:
-        ctx = BlockContext(self.state, torch.tensor([b for b, _ in owners], dtype=torch.long),
-                           torch.tensor([j * s.unit for _, j in owners], dtype=torch.long))
-        if s.is_key:
-            packed, _ = K.from_reference_blocks(self.spec.encode_keys_at(x, ctx), None)
+        if x.dtype in (torch.bfloat16, torch.float16):  # OScaR's encoding needs no block context
+            ff = self.force_fallback
+            packed = K.pack_oscar_keys(x, rotated=True, force_fallback=ff) if s.is_key else K.pack_values(
+                x, force_fallback=ff)
         else:
-            _, packed = K.from_reference_blocks(None, self.spec.encode_values_at(x, ctx))
+            ctx = BlockContext(self.state, torch.tensor([b for b, _ in owners], dtype=torch.long),
+                               torch.tensor([j * s.unit for _, j in owners], dtype=torch.long))
+            if s.is_key:
+                packed, _ = K.from_reference_blocks(self.spec.encode_keys_at(x, ctx), None)
+            else:
+                _, packed = K.from_reference_blocks(None, self.spec.encode_values_at(x, ctx))
         s.tokens_quantized += x.shape[0] * x.shape[2]
         need = capacity * s.unit
         data = s.units.get("data")

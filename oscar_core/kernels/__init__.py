@@ -362,22 +362,27 @@ def _spec():
     return OScaRSpec()
 
 
-def pack_oscar_keys(k: torch.Tensor, *, force_fallback: bool = False) -> KernelKeys:
-    """Post-RoPE unrotated keys ``[N, H, T, 128]`` -> packed OScaR keys (rotation + token norm fused).
+#: The key pack kernel holds every kv head of a 32-token group in shared memory.
+MAX_PACK_HEADS = 16
 
-    Numerics are the reference's: ``OScaRSpec().encode_keys(hadamard_transform(k))`` (the rotation
-    rounds to ``k.dtype`` as the reference's does).
+
+def pack_oscar_keys(k: torch.Tensor, *, rotated: bool = False, force_fallback: bool = False) -> KernelKeys:
+    """Post-RoPE keys ``[N, H, T, 128]`` -> packed OScaR keys (rotation + token norm + quantization fused).
+
+    Bit for bit the reference: ``OScaRSpec().encode_keys(hadamard_transform(k))`` (the rotation rounds
+    to ``k.dtype`` as the reference's does; ``token_norms`` sums in the order the kernel uses).
+    ``rotated=True``: ``k`` is already in the attention basis (what the cache holds), no rotation.
     """
     _check_kv(k, "keys")
     n, h, t, _ = k.shape
-    if _use_cuda(k, force_fallback=force_fallback):
+    if _use_cuda(k, force_fallback=force_fallback) and h <= MAX_PACK_HEADS:
         ext = _ext
         kc = k.contiguous()
         data = torch.empty(n, h, t // GROUP, BLOCK_BYTES, dtype=torch.uint8, device=k.device)
         norm = torch.empty(n, t, dtype=torch.float32, device=k.device)
-        ext.pack_keys(kc, data, norm)
+        ext.pack_keys(kc, data, norm, not rotated)
         return KernelKeys(data, norm)
-    kb, _ = from_reference_blocks(_spec().encode_keys(hadamard_transform(k)), None)
+    kb, _ = from_reference_blocks(_spec().encode_keys(k if rotated else hadamard_transform(k)), None)
     assert kb is not None
     return kb
 

@@ -25,8 +25,20 @@ from oscar_core.methods.base import Block, MethodSpec
 
 
 def token_norms(k: torch.Tensor) -> torch.Tensor:
-    """fp32 L2 norm of each token's key over all KV heads: ``[N, H, T, D] -> [N, T]``; 0 becomes 1."""
-    n = k.float().pow(2).sum(dim=(1, 3)).sqrt()
+    """fp32 L2 norm of each token's key over all KV heads: ``[N, H, T, D] -> [N, T]``; 0 becomes 1.
+
+    The sum has a fixed order, so that every implementation gets the same bits (the CUDA pack kernel
+    does): per head channel by channel, ``s = s + x*x`` with each product and sum rounded to fp32, then
+    the heads' sums in head order, then the correctly rounded square root.
+    """
+    x = k.float()
+    per_head = x[..., 0] * x[..., 0]  # [N, H, T]
+    for c in range(1, x.shape[-1]):
+        per_head = per_head + x[..., c] * x[..., c]
+    total = per_head[:, 0]
+    for h in range(1, x.shape[1]):
+        total = total + per_head[:, h]
+    n = total.sqrt()
     return torch.where(n > 0, n, torch.ones_like(n))
 
 

@@ -283,8 +283,7 @@ def test_oscar_block_carries_the_fp32_norm():
 def _manual(k: torch.Tensor, rotate: bool, scale: bool) -> torch.Tensor:
     """rotate -> divide by the all-heads norm -> per-channel int quantize -> dequant -> times norm -> unrotate."""
     x = hadamard_transform(k) if rotate else k.float()
-    n = x.pow(2).sum(dim=(1, 3), keepdim=True).sqrt() if scale else torch.ones(1)
-    n = torch.where(n > 0, n, torch.ones_like(n))
+    n = token_norms(x)[:, None, :, None] if scale else torch.ones(1)  # its summation order: tested above
     x_hat = fake_quantize(x / n, 2, 32, "token", "integer") * n
     return hadamard_transform(x_hat) if rotate else x_hat
 
@@ -355,3 +354,21 @@ def test_reconstruction_improves_with_bits(name):
     k = _keys()
     errs = [(roundtrip_keys(oc.get_method(name, bits=b), k) - k).norm().item() for b in (1, 2, 3, 4, 8)]
     assert errs == sorted(errs, reverse=True) and errs[-1] < 0.02 * k.norm().item()
+
+
+def test_token_norm_sums_in_its_documented_order():
+    # the order is part of the definition (the CUDA pack kernel reproduces it bit for bit): per head
+    # channel by channel with fp32 rounding at every step, then the heads in order
+    g = torch.Generator().manual_seed(5)
+    k = torch.randn(2, 3, 5, 16, generator=g) * torch.logspace(-3, 3, 16)
+    n = token_norms(k)
+    for b in range(2):
+        for t in range(5):
+            total = None
+            for h in range(3):
+                s = torch.tensor(0.0)
+                for c in range(16):
+                    x = k[b, h, t, c]
+                    s = s + x * x if c else x * x
+                total = s if total is None else total + s
+            assert torch.equal(n[b, t], total.sqrt()), (b, t)

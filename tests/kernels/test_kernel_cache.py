@@ -30,11 +30,17 @@ def _generate(model, x, cache, n=40):
     return out.sequences, torch.stack(out.logits, 1).float()
 
 
-def test_kernel_layout_holds_exactly_the_reference_codes():
-    model, inputs = _model()
-    x = _left_padded(inputs)
+@pytest.mark.parametrize(("device", "mode"), [
+    ("cpu", "fallback"),
+    pytest.param("cuda", "on", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                           reason="needs a CUDA device")]),
+])
+def test_kernel_layout_holds_exactly_the_reference_codes(device, mode):
+    # on CUDA the prompt and every flush go through the pack kernels: still the reference's bits
+    model, inputs = _model(device)
+    x = _left_padded(inputs, device)
     ref, ker = oc.make_cache(model, "oscar", kernels="off", residual_length=R), \
-        oc.make_cache(model, "oscar", kernels="fallback", residual_length=R)
+        oc.make_cache(model, "oscar", kernels=mode, residual_length=R)
     _generate(model, x, ref)
     _generate(model, x, ker)
     for lr, lk in zip(ref.layers, ker.layers, strict=True):
