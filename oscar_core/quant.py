@@ -76,7 +76,9 @@ def quantize_groups(
     xf = x.float()
     mx = xf.amax(dim=-1) * clip_ratio
     mn = xf.amin(dim=-1) * clip_ratio
-    scale = (mx - mn) / qmax
+    # a true division on every device (CUDA divides by a Python scalar as a product with its
+    # reciprocal, one ulp off at times); the CUDA pack kernels reproduce these bits
+    scale = (mx - mn) / torch.full_like(mx, float(qmax))
     if zero_point == "integer":
         magnitude = torch.maximum(mx.abs(), mn.abs())
         scale = torch.maximum(scale, magnitude * _INT_ZERO_SCALE_FLOOR)
