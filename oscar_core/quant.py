@@ -24,8 +24,16 @@ become NaN/inf:
   the floor never binds (it needs a range below 0.3% of the magnitude); for near-constant groups it
   keeps ``|z| <= 1024`` so the zero point is an exact fp16 integer. An all-zero group uses ``s = 1``.
 
-Metadata is saturated to the finite fp16 range: groups whose values exceed fp16's +-65504 are outside
-what fp16 metadata can describe and reconstruct saturated, never as inf/NaN.
+Range. Finite inputs never produce NaN/inf. fp16 metadata cannot describe values past fp16's +-65504,
+so the group is first saturated to +-65504 (a no-op for every group inside the fp16 range, whose
+results are unchanged): a bf16/fp32 value past the range reconstructs near +-65504 with its sign, and
+the integer zero point stays small (``|z| <= 1024`` while the scale is a normal fp16 number) instead
+of saturating at fp16's limit, which reconstructed e.g. the group ``[-1e10, 1e10]`` as all negative.
+Dequantization saturates to the output dtype's finite range (the top code can land just past it).
+
+Non-finite inputs propagate: codes cannot hold inf or NaN, so a group with any inf/NaN element is
+stored with a NaN scale (codes 0, zero 0) and decodes to NaN in all its elements. An inf never comes
+back as a finite number (nor as inf: the group's other elements are lost with it).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import torch
 ZeroPoint = Literal["integer", "float"]
 SUPPORTED_BITS = (1, 2, 3, 4, 8)
 _FP16_MAX = 65504.0
+_FP32_MAX = torch.finfo(torch.float32).max
 # Integer zero point: scale floor relative to the group's largest magnitude (see module docstring).
 _INT_ZERO_SCALE_FLOOR = 2.0**-10
 
@@ -58,6 +67,35 @@ class GroupQuant:
     zero_point: ZeroPoint
 
 
+def saturate(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` cast to ``dtype``, finite values clamped to its finite range; inf/NaN are kept as they are.
+
+    For a value inside the range this is the plain cast (the clamp is a no-op), so only what would
+    have overflowed to inf changes.
+    """
+    if not dtype.is_floating_point:
+        return x.to(dtype)
+    fi = torch.finfo(dtype)
+    if x.dtype.is_floating_point and torch.finfo(x.dtype).max <= fi.max:
+        return x.to(dtype)
+    return torch.where(torch.isfinite(x), x.clamp(fi.min, fi.max), x).to(dtype)
+
+
+def pow2_shift(amax: torch.Tensor, max_exponent: int) -> torch.Tensor:
+    """The smallest ``shift >= 0`` (fp32 tensor) with ``amax * 2^-shift < 2^max_exponent``.
+
+    Scaling by ``2^-shift`` before a sum that could overflow fp32 and by ``2^shift`` after
+    (:func:`ldexp_saturating`) is exact wherever ``shift`` is 0 (a multiplication by 1). inf/NaN get 0.
+    """
+    return (torch.frexp(amax).exponent - max_exponent).clamp(min=0).float()
+
+
+def ldexp_saturating(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``x * 2^shift`` (fp32, exact), saturated at fp32's max instead of overflowing; inf/NaN kept."""
+    limit = torch.ldexp(torch.full_like(shift, _FP32_MAX), -shift)
+    return torch.ldexp(torch.where(torch.isfinite(x), torch.minimum(torch.maximum(x, -limit), limit), x), shift)
+
+
 def _check_bits(bits: int) -> None:
     if bits not in SUPPORTED_BITS:
         raise ValueError(f"bits={bits} is not supported; choose one of {SUPPORTED_BITS}")
@@ -66,7 +104,11 @@ def _check_bits(bits: int) -> None:
 def quantize_groups(
     x: torch.Tensor, bits: int, zero_point: ZeroPoint = "integer", clip_ratio: float = 1.0
 ) -> GroupQuant:
-    """Quantize ``x`` of shape ``[..., n_groups, group_size]``: each row of the last axis is a group."""
+    """Quantize ``x`` of shape ``[..., n_groups, group_size]``: each row of the last axis is a group.
+
+    Values past fp16's range saturate to +-65504; a group holding inf/NaN gets a NaN scale (module
+    docstring).
+    """
     _check_bits(bits)
     if zero_point not in ("integer", "float"):
         raise ValueError(f"zero_point must be 'integer' or 'float', got {zero_point!r}")
@@ -74,6 +116,9 @@ def quantize_groups(
         raise ValueError(f"clip_ratio must be in (0, 1], got {clip_ratio}")
     qmax = 2**bits - 1
     xf = x.float()
+    finite = torch.isfinite(xf).all(dim=-1)
+    # what fp16 metadata can describe; a no-op inside the fp16 range (non-finite groups: see below)
+    xf = xf.clamp(-_FP16_MAX, _FP16_MAX)
     mx = xf.amax(dim=-1) * clip_ratio
     mn = xf.amin(dim=-1) * clip_ratio
     # a true division on every device (CUDA divides by a Python scalar as a product with its
@@ -105,6 +150,10 @@ def quantize_groups(
         q = torch.where((s > 0).unsqueeze(-1), q, torch.zeros_like(q))
         zero16 = mn16
     codes = q.clamp(0, qmax).to(torch.uint8)
+    # inf/NaN in a group: it decodes to NaN (propagated, never a number); no branch, no host sync
+    codes = torch.where(finite.unsqueeze(-1), codes, torch.zeros_like(codes))
+    s16 = torch.where(finite, s16, torch.full_like(s16, torch.nan))
+    zero16 = torch.where(finite, zero16, torch.zeros_like(zero16))
     return GroupQuant(codes=codes, scale=s16, zero=zero16, bits=bits, zero_point=zero_point)
 
 
@@ -114,9 +163,7 @@ def dequantize_groups(gq: GroupQuant, dtype: torch.dtype = torch.float32) -> tor
     s = gq.scale.float().unsqueeze(-1)
     zero = gq.zero.float().unsqueeze(-1)
     x_hat = s * (q - zero) if gq.zero_point == "integer" else q * s + zero
-    if dtype.is_floating_point:  # the top code can land just past the dtype's range: saturate
-        x_hat = x_hat.clamp(torch.finfo(dtype).min, torch.finfo(dtype).max)
-    return x_hat.to(dtype)
+    return saturate(x_hat, dtype)  # the top code can land just past the dtype's range; NaN stays NaN
 
 
 def to_groups(x: torch.Tensor, group_size: int, axis: Literal["token", "channel"]) -> torch.Tensor:

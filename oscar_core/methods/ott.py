@@ -81,11 +81,21 @@ class OTTSpec(MethodSpec):
         return sorted(p - start for _, p in chosen if p >= start)
 
     @staticmethod
+    def _mean(rest: torch.Tensor) -> torch.Tensor:
+        """Mean over tokens of fp32 ``[H, T, D]``; where the fp32 sum of finite values overflows, the mean
+        of the values scaled by a power of two (exact), scaled back (it cannot exceed their max)."""
+        mean = rest.mean(dim=1, keepdim=True)
+        k = (rest.shape[1] - 1).bit_length()
+        scaled = (rest * 2.0**-k).mean(dim=1, keepdim=True) * 2.0**k
+        overflow = ~torch.isfinite(mean) & torch.isfinite(rest).all(dim=1, keepdim=True)  # inf or inf - inf
+        return torch.where(overflow, scaled, mean)
+
+    @staticmethod
     def _substitute(x: torch.Tensor, sel: list[int]) -> torch.Tensor:
         """Replace tokens ``sel`` of one unit ``[H, T, D]`` by the mean of the unit's other tokens."""
         others = torch.ones(x.shape[1], dtype=torch.bool)
         others[sel] = False
-        mean = x[:, others.to(x.device)].mean(dim=1, keepdim=True) if bool(others.any()) else torch.zeros_like(x[:, :1])
+        mean = OTTSpec._mean(x[:, others.to(x.device)]) if bool(others.any()) else torch.zeros_like(x[:, :1])
         x[:, sel] = mean.expand(-1, len(sel), -1)
         return x
 

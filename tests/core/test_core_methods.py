@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from fractions import Fraction
+from typing import ClassVar, Literal
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ import torch
 import oscar_core as oc
 from oscar_core.hadamard import hadamard_transform
 from oscar_core.methods import MethodConfigError
+from oscar_core.methods.base import MethodParameterTypeError
 from oscar_core.methods.oscar import token_norms
 from oscar_core.quant import SUPPORTED_BITS, fake_quantize
 from oscar_core.reference import roundtrip_keys, roundtrip_values
@@ -372,3 +375,270 @@ def test_token_norm_sums_in_its_documented_order():
                     s = s + x * x if c else x * x
                 total = s if total is None else total + s
             assert torch.equal(n[b, t], total.sqrt()), (b, t)
+
+
+def _naive_norms(k: torch.Tensor) -> torch.Tensor:
+    """token_norms' documented order, vectorized over tokens, with no overflow guard (the old code)."""
+    x = k.float()
+    per_head = x[..., 0] * x[..., 0]
+    for c in range(1, x.shape[-1]):
+        per_head = per_head + x[..., c] * x[..., c]
+    total = per_head[:, 0]
+    for h in range(1, x.shape[1]):
+        total = total + per_head[:, h]
+    n = total.sqrt()
+    return torch.where(n > 0, n, torch.ones_like(n))
+
+
+def test_token_norm_overflow_guard_keeps_the_bits_where_nothing_overflowed():
+    k = _keys(n=2, h=8, t=16)
+    k[0, 2, 3, 7] = 2.0**62  # scaled by the guard (max >= 2^57); its sum of squares, 2^124, fits fp32
+    k[1, :, 5] *= 1e17  # every element scaled: about 2^126 in all, still finite
+    k[1, 0, 9, 1] = 2.0**63  # shift 7: the square of the next element, normal before, becomes subnormal
+    k[1, 0, 9, 0] = 3 * 2.0**-61
+    old = _naive_norms(k)
+    assert torch.isfinite(old).all()
+    assert torch.equal(token_norms(k), old)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_token_norm_does_not_overflow_fp32(dtype):
+    k = torch.full((1, 8, 3, 128), 1e30, dtype=dtype)  # before: (1e30)^2 = inf in fp32
+    k[0, :, 1] = torch.finfo(dtype).max  # its true norm (32x the max) is past fp32: saturates
+    k[0, :, 2] = 0.5
+    n = token_norms(k)
+    exact = k.double().pow(2).sum(dim=(1, 3)).sqrt()
+    assert torch.isfinite(n).all()
+    torch.testing.assert_close(n[0, 0].double(), exact[0, 0], rtol=1e-6, atol=0)
+    assert n[0, 1] == torch.finfo(torch.float32).max and n[0, 2] == 16.0
+
+
+def test_token_norm_propagates_inf_and_nan():
+    k = _keys(n=1, h=2, t=4)
+    k[0, 1, 1, 3], k[0, 0, 2, 0] = math.inf, math.nan
+    n = token_norms(k)
+    assert n[0, 1] == math.inf and torch.isnan(n[0, 2]) and torch.isfinite(n[0, [0, 3]]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_oscar_roundtrip_at_the_dtype_max_is_finite(dtype):
+    # fp16: the rotation of a 65504-channel passes fp16's range (it was inf, then NaN); bf16/fp32: the
+    # token norm of 1e30-sized keys overflowed fp32 (the keys became 0/inf = NaN)
+    big = torch.finfo(dtype).max
+    k = _keys(n=1, h=4, t=64, d=128).to(dtype)
+    k[0, :, 10:20, 5] = big
+    k[0, 1, 30, :] = -big
+    for spec in (oc.get_method("oscar"), oc.get_method("oscar", rotation=False), oc.get_method("quarot")):
+        for fn in (roundtrip_keys, roundtrip_values):
+            out = fn(spec, k)
+            assert out.dtype == dtype and torch.isfinite(out).all(), (spec.name, fn.__name__)
+
+
+def test_oscar_keys_far_past_fp16_reconstruct_to_scale():
+    # Omni-token scaling normalizes the key, so bf16 keys of any magnitude keep their relative error
+    k = _keys(n=1, h=4, t=64, d=128)
+    small = roundtrip_keys(oc.get_method("oscar"), k)
+    huge = roundtrip_keys(oc.get_method("oscar"), k * 2.0**100)
+    torch.testing.assert_close(huge, small * 2.0**100, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ott_block_mean_does_not_overflow(dtype):
+    spec = oc.get_method("ott")
+    k = torch.full((1, 2, 128, 64), torch.finfo(dtype).max / 2, dtype=dtype)
+    k[0, :, 40] = 0.0  # the traced (smallest-|k|) tokens get the block mean: 127 halves of the max
+    out = roundtrip_keys(spec, k)
+    assert torch.isfinite(out).all()
+
+
+def test_turboquant_norm_does_not_overflow_and_propagates_inf():
+    spec = oc.get_method("turboquant+")
+    x = _keys(n=1, h=2, t=32, d=128) * 1e30  # before: ||x|| = inf in fp32, stored as 65504, x/inf = 0
+    out = roundtrip_values(spec, x)
+    assert torch.isfinite(out).all() and float(out.abs().max()) > 1000.0
+    x = _keys(n=1, h=2, t=32, d=128)
+    x[0, 1, 7, 9] = math.inf  # before: the norm's inf was clamped to 65504: a finite vector came back
+    out = roundtrip_values(spec, x)
+    assert not torch.isfinite(out[0, 1, 7, 9]) and torch.isfinite(out[0, 0]).all()
+
+
+def test_rotatekv_keys_near_fp32_max_are_finite():
+    spec = oc.get_method("rotatekv", calibration="identity")
+    k = _keys(n=1, h=4, t=32, d=128)
+    k[0, :, 3] = torch.finfo(torch.float32).max * 0.9  # undoing RoPE on these overflowed fp32 (inf - inf)
+    for fn in (roundtrip_keys, roundtrip_values):
+        assert torch.isfinite(fn(spec, k)).all()
+
+
+@pytest.mark.parametrize("name", [m for m in oc.list_methods() if m != "fp16"])
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
+def test_non_finite_inputs_propagate_in_every_method(name, bad):
+    # the documented policy: a non-finite element never comes back as a number
+    spec = oc.get_method(name, **({"calibration": "identity"} if name == "rotatekv" else {}))
+    x = _keys(n=1, h=4, t=64, d=128)
+    x[0, 2, 33, 17] = bad
+    for fn in (roundtrip_keys, roundtrip_values):
+        out = fn(spec, x)
+        assert not torch.isfinite(out[0, 2, 33, 17]), fn.__name__
+
+
+# ------------------------------------------------------------------------------ parameter types
+
+
+@pytest.mark.parametrize(
+    "name, overrides, match",
+    [
+        ("oscar", {"bits": 2.0}, r"oscar: bits must be an int, got 2\.0 \(float\)"),
+        ("oscar", {"bits": True}, r"oscar: bits must be an int, got True \(bool\)"),
+        ("oscar", {"rotation": "maybe"}, r"oscar: rotation must be a bool \(true or false\), got 'maybe' \(str\)"),
+        ("oscar", {"token_scaling": 1}, r"token_scaling must be a bool"),
+        ("kivi", {"group_size": "32"}, r"kivi: group_size must be an int, got '32' \(str\)"),
+        ("kivi", {"value_flush": "tokens"}, r"value_flush must be 'block' or 'token', got 'tokens'"),
+        ("quarot", {"clip_ratio": "0.9"}, r"clip_ratio must be a finite number, got '0\.9'"),
+        ("quarot", {"clip_ratio": math.nan}, r"clip_ratio must be a finite number, got nan"),
+        ("quarot", {"group_size": 64.0}, r"group_size must be an int or None, got 64\.0"),
+        ("rotatekv", {"calibration": 3}, r"calibration must be a string or None, got 3 \(int\)"),
+        ("ott", {"pool_size": 5.5}, r"pool_size must be an int, got 5\.5"),
+        ("fp16", {"bits": 16.0}, r"fp16: bits must be an int"),
+        ("turboquant+", {"seed": None}, r"seed must be an int, got None"),
+    ],
+)
+def test_parameter_types_are_checked(name, overrides, match):
+    with pytest.raises(MethodConfigError, match=match) as info:
+        oc.get_method(name, **overrides)
+    assert isinstance(info.value, TypeError)  # MethodParameterTypeError is both
+
+
+def test_type_check_is_generic_for_any_spec_class():
+    @dataclasses.dataclass(frozen=True)
+    class Custom(oc.get_method("kivi").__class__):
+        name: ClassVar[str] = "custom"
+        alpha: float = 0.5
+        mode: Literal["a", "b"] = "a"
+        tag: str | None = None
+
+    assert Custom(alpha=1).alpha == 1.0 and isinstance(Custom(alpha=1).alpha, float)
+    for bad in ({"alpha": True}, {"mode": "c"}, {"tag": 7}, {"bits": 3.0}):
+        with pytest.raises(MethodParameterTypeError, match=next(iter(bad))):
+            Custom(**bad)
+
+    @dataclasses.dataclass(frozen=True)
+    class Odd(Custom):  # an annotation its module cannot resolve: unchecked, the rest still checked
+        extra: NoSuchType = None  # type: ignore[name-defined]  # noqa: F821
+
+    assert Odd(extra=object()).alpha == 0.5
+    with pytest.raises(MethodParameterTypeError, match="alpha"):
+        Odd(alpha="x")
+
+
+def test_equal_values_of_another_numeric_type_serialize_equally():
+    # an int for a float field is stored as the float: --set clip_ratio=1 and 1.0 are one configuration
+    assert oc.get_method("quarot", clip_ratio=1).to_dict() == oc.get_method("quarot", clip_ratio=1.0).to_dict()
+    assert type(oc.get_method("quarot", clip_ratio=1).clip_ratio) is float
+
+
+# ------------------------------------------------------------------------------ harness --set
+
+
+def _specs(pairs: list[str], methods: list[str]):
+    from oscar_eval.api import method_spec, overrides_for, parse_overrides
+
+    ov = parse_overrides(pairs)
+    return [method_spec(m, overrides_for(m, ov, methods)) for m in methods]
+
+
+@pytest.mark.parametrize(
+    "pairs, methods, match",
+    [
+        (["oscr.bits=3"], ["oscar", "kivi"], r"--set oscr\.bits: unknown method prefix 'oscr' "
+                                             r"\(methods in this run: oscar, kivi\)"),
+        (["quarot.clip_ratio=0.9"], ["oscar", "kivi"], r"unknown method prefix 'quarot'"),
+        (["bitz=3"], ["oscar", "kivi"], r"--set bitz: unknown parameter 'bitz' for every method of this run "
+                                        r"\(oscar, kivi\) \(oscar has bits, .*; kivi has bits, "),
+        (["oscar.bitz=3"], ["oscar", "kivi"], r"unknown parameter 'bitz' for method 'oscar'"),
+        (["clip_ratio=0.9"], ["quarot", "oscar"], r"'clip_ratio' is not a parameter of oscar, .*METHOD\.clip_ratio"),
+        (["bits=2.0"], ["oscar"], r"method 'oscar': bits must be an int, got 2\.0 \(float\)"),
+        (["bits=true"], ["oscar"], r"bits must be an int, got True \(bool\)"),
+        (["rotation=maybe"], ["oscar"], r"rotation must be a bool \(true or false\), got 'maybe'"),
+        (["bits=3", "bits=4"], ["oscar"], r"--set bits is given twice \(bits=3 and bits=4\)"),
+        ([".bits=3"], ["oscar"], r"expected key or method\.key"),
+    ],
+)
+def test_set_overrides_that_reach_no_parameter_are_errors(pairs, methods, match):
+    from oscar_eval.cli import UserError
+
+    with pytest.raises(UserError, match=match):
+        _specs(pairs, methods)
+
+
+def test_set_overrides_reach_their_methods():
+    oscar, kivi = _specs(["oscar.bits=3", "KIVI.residual_length=64", "group_size=64"], ["oscar", "kivi"])
+    assert (oscar.bits, oscar.group_size, oscar.residual_length) == (3, 64, 128)
+    assert (kivi.bits, kivi.group_size, kivi.residual_length) == (2, 64, 64)
+    (quarot,) = _specs(["clip_ratio=1e-1"], ["quarot"])  # YAML 1.1 reads 1e-1 as a string
+    assert quarot.clip_ratio == 0.1
+    (oscar,) = _specs(["rotation=false"], ["oscar"])
+    assert oscar.rotation is False
+
+
+# ------------------------------------------------------------------------------ the packed-KV attention must run
+
+
+def _tiny_llama():
+    from tiny_models import llama
+
+    return llama()
+
+
+def test_switching_the_attention_implementation_after_make_cache_raises():
+    from tiny_models import generate
+
+    model, inputs = _tiny_llama()
+    inp = inputs(40)
+    cache = oc.make_cache(model, "oscar", residual_length=32)
+    generate(model, inp, cache, max_new_tokens=2)  # the packed path itself works
+    cache = oc.make_cache(model, "oscar", residual_length=32)
+    model.config._attn_implementation = "sdpa"
+    try:
+        with pytest.raises(RuntimeError, match=r"layer 0 would attend without its packed KV history: its "
+                                               r"attention implementation is 'sdpa', not 'oscar_kv'"):
+            generate(model, inp, cache, max_new_tokens=2)
+        # an fp16 cache made later puts the model's own attention back: the oscar cache must refuse too
+        cache = oc.make_cache(model, "oscar", residual_length=32)
+        oc.make_cache(model, "fp16")
+        with pytest.raises(RuntimeError, match="would attend without its packed KV history"):
+            generate(model, inp, cache, max_new_tokens=2)
+    finally:
+        oc.make_cache(model, "oscar")
+
+
+def test_a_foreign_attention_function_under_our_name_is_caught_at_the_next_update():
+    from tiny_models import generate
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.modeling_utils import AttentionInterface
+
+    from oscar_core.attention import ATTN_NAME, packed_kv_attention
+
+    model, inputs = _tiny_llama()
+    cache = oc.make_cache(model, "kivi", residual_length=32)
+    AttentionInterface.register(ATTN_NAME, sdpa_attention_forward)  # config says oscar_kv, yet not ours
+    try:
+        with pytest.raises(RuntimeError, match="never taken by the packed-KV attention function"):
+            generate(model, inputs(40), cache, max_new_tokens=2)
+    finally:
+        AttentionInterface.register(ATTN_NAME, packed_kv_attention)
+
+
+def test_filling_a_cache_through_update_and_commit_is_still_allowed():
+    model, inputs = _tiny_llama()
+    cache = oc.make_cache(model, "oscar", residual_length=32)
+    cfg = model.config
+    ids = inputs(41)["input_ids"]
+    with torch.no_grad():  # the speed harness's pattern: store a prompt through Cache.update, commit it
+        for i in range(cfg.num_hidden_layers):
+            k = torch.randn(1, cfg.num_key_value_heads, 40, cfg.head_dim)
+            cache.update(k, torch.randn_like(k), i)
+            cache.layers[i].commit_prompt([0])
+        logits = model(ids[:, 40:], past_key_values=cache, position_ids=torch.tensor([[40]])).logits
+        assert torch.isfinite(logits).all()
+        model(ids[:, 40:], past_key_values=cache, position_ids=torch.tensor([[41]]))  # and the next step

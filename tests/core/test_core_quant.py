@@ -7,6 +7,8 @@ documented formulas (metadata rounded to fp16, codes computed from the stored fp
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -20,9 +22,12 @@ from oscar_core.quant import (
     dequantize_groups,
     fake_quantize,
     from_groups,
+    ldexp_saturating,
     pack_codes,
+    pow2_shift,
     quantize,
     quantize_groups,
+    saturate,
     to_groups,
     unpack_codes,
 )
@@ -416,3 +421,58 @@ def test_packed_groups_roundtrip_and_size(bits):
     assert torch.equal(dequantize(back, "token"), dequantize(gq, "token"))
     n_groups = x.numel() // 32
     assert pg.nbytes() == x.numel() // codes_per_byte(bits) + n_groups * 4
+
+
+# ------------------------------------------------------------------------------ range and non-finite inputs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_integer_zero_point_keeps_signs_past_the_fp16_range(dtype):
+    # Before: s saturated at 65504 and z = round(1e10/65504) at 65504, so s*(q - z) was about -4.3e9 for
+    # every code: the +1e10 and +5e9 entries reconstructed negative.
+    x = torch.tensor([[-1e10, 1e10, 0.0, 5e9], [1e6, 2e6, 1.5e6, 1e6]], dtype=dtype)
+    gq = quantize_groups(x, 2, "integer")
+    x_hat = dequantize_groups(gq)
+    assert torch.isfinite(x_hat).all() and (gq.zero.float().abs() <= 1024).all()
+    assert torch.equal(torch.sign(x_hat[0]), torch.sign(x[0].float()))
+    torch.testing.assert_close(x_hat[1], torch.full((4,), FP16_MAX))  # saturated, sign kept
+
+
+@pytest.mark.parametrize("zero_point", ["integer", "float"])
+def test_values_past_fp16_reconstruct_as_the_saturated_group(zero_point):
+    x = torch.tensor([[-3e5, -1e3, 2.0, 9e4], [1.0, 2.0, 3.0, 3e38]])
+    expect = dequantize_groups(quantize_groups(x.clamp(-FP16_MAX, FP16_MAX), 2, zero_point))
+    assert torch.equal(dequantize_groups(quantize_groups(x, 2, zero_point)), expect)
+
+
+@pytest.mark.parametrize("zero_point", ["integer", "float"])
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
+def test_a_non_finite_element_makes_its_group_nan(zero_point, bad):
+    x = torch.tensor([[1.0, bad, 0.0, 5.0], [1.0, 2.0, 3.0, 4.0]])
+    gq = quantize_groups(x, 2, zero_point)
+    assert int(gq.codes.max()) <= 3  # codes stay valid 2-bit codes
+    out = dequantize_groups(gq, torch.float16)
+    assert torch.isnan(out[0]).all()  # propagated: never a number, never "saturated" to +-65504
+    assert torch.equal(out[1], dequantize_groups(quantize_groups(x[1:], 2, zero_point), torch.float16)[0])
+
+
+def test_saturate_clamps_only_what_would_overflow():
+    x = torch.tensor([1.5, -70000.0, 65519.0, 65520.0, math.inf, -math.inf, math.nan])
+    y = saturate(x, torch.float16)
+    assert y.dtype == torch.float16
+    assert y[:4].tolist() == [1.5, -FP16_MAX, FP16_MAX, FP16_MAX]  # 65519 rounds to 65504 anyway
+    assert y[4] == math.inf and y[5] == -math.inf and torch.isnan(y[6])
+    w = torch.tensor([3.4e38, 1.0e-3])  # finite in fp32, past bf16's max: the plain cast gives inf
+    assert w.bfloat16()[0] == math.inf
+    assert torch.equal(saturate(w, torch.bfloat16), torch.tensor([torch.finfo(torch.bfloat16).max, 1e-3]).bfloat16())
+    assert torch.equal(saturate(w.half(), torch.float32), w.half().float())  # widening: the plain cast
+
+
+def test_pow2_scaling_helpers_are_exact_and_saturate():
+    amax = torch.tensor([1.0, 2.0**60, 3e38, math.inf])
+    shift = pow2_shift(amax, 57)
+    assert shift.tolist() == [0.0, 4.0, 71.0, 0.0]  # 2^60 < 2^61: 61 - 57; 3e38 < 2^128; inf: 0
+    x = torch.tensor([1.25, 2.0**56, 1.0, math.inf])
+    assert ldexp_saturating(x, shift).tolist() == [1.25, 2.0**60, 2.0**71, math.inf]
+    big = torch.tensor([2.0**100])
+    assert ldexp_saturating(big, torch.tensor([40.0])).item() == torch.finfo(torch.float32).max
