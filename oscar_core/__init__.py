@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "MethodConfigError",
     "MethodSpec",
+    "bits_per_element_for_model",
     "get_method",
     "list_methods",
     "make_cache",
@@ -30,4 +31,8 @@ def __getattr__(name: str):
         from oscar_core import cache
 
         return getattr(cache, name)
+    if name == "bits_per_element_for_model":
+        from oscar_core import model
+
+        return model.bits_per_element_for_model
     raise AttributeError(f"module 'oscar_core' has no attribute {name!r}")

@@ -2,19 +2,26 @@
 
 Supported: decoder-only and multimodal transformers models whose text decoder layers have
 ``self_attn`` modules with ``q_proj``/``k_proj``/``v_proj``/``o_proj`` and a ``layer_idx`` (Llama-3.x,
-Qwen3, Qwen3-VL, LLaVA-NeXT, the Qwen3-Omni thinker, ...). Anything else is a clear error here, never
-a silent wrong answer later.
+Qwen3, Qwen3-VL, LLaVA-NeXT, the Qwen3-Omni thinker, Gemma 3, ...). Anything else is a clear error here,
+never a silent wrong answer later.
+
+Layer kinds. Each layer is ``"full_attention"`` or ``"sliding_attention"``, exactly as transformers' own
+``DynamicCache(config=...)`` decides (``config.layer_types``, or every layer when only
+``config.sliding_window`` is set): a layer for which it builds a ``DynamicSlidingWindowLayer`` is a
+sliding layer. Other kinds (chunked, linear, shared-KV layers) are refused.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from oscar_core.attention import ATTN_NAME, register
 from oscar_core.hadamard import hadamard_matrix
 from oscar_core.methods import MethodConfigError, MethodSpec
+
+FULL, SLIDING = "full_attention", "sliding_attention"
 
 
 @dataclass
@@ -24,6 +31,18 @@ class ModelInfo:
     num_kv_heads: int
     head_dim: int
     attention_modules: dict[int, torch.nn.Module]
+    #: per layer: :data:`FULL` or :data:`SLIDING` (see the module docstring)
+    layer_types: list[str] = field(default_factory=list)
+    #: tokens a sliding layer attends (the mask's window); None when no layer slides
+    sliding_window: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.layer_types:
+            self.layer_types = [FULL] * self.num_layers
+
+    @property
+    def sliding_layers(self) -> list[int]:
+        return [i for i, t in enumerate(self.layer_types) if t == SLIDING]
 
 
 def _text_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -58,14 +77,77 @@ def inspect_model(model: torch.nn.Module) -> ModelInfo:
         )
     num_kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    layer_types = getattr(config, "layer_types", None) or []
-    sliding = [i for i, t in enumerate(layer_types) if t != "full_attention"]
-    if sliding and getattr(config, "use_sliding_window", True) and getattr(config, "sliding_window", None):
+    layer_types, window = _layer_kinds(model, config)
+    return ModelInfo(config, config.num_hidden_layers, num_kv_heads, head_dim, modules, layer_types, window)
+
+
+def _layer_kinds(model: torch.nn.Module, config) -> tuple[list[str], int | None]:
+    """Per-layer kinds and the sliding window, as transformers' default cache builds its layers."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+
+    layers = DynamicCache(config=config).layers
+    name = type(model).__name__
+    if not layers:  # no layer structure in the config: all full attention
+        return [FULL] * config.num_hidden_layers, None
+    if len(layers) != config.num_hidden_layers:
         raise MethodConfigError(
-            f"{type(model).__name__}: layers {sliding[:8]} use sliding-window attention, which the packed KV "
-            "cache does not support"
+            f"{name}: the default cache has {len(layers)} layers for {config.num_hidden_layers} decoder layers "
+            "(shared-KV layers are not supported)"
         )
-    return ModelInfo(config, config.num_hidden_layers, num_kv_heads, head_dim, modules)
+    declared = getattr(config, "layer_types", None)
+    kinds, windows = [], set()
+    for i, layer in enumerate(layers):
+        declared_i = declared[i] if declared else None
+        if isinstance(layer, DynamicSlidingWindowLayer) and declared_i in (None, SLIDING) and getattr(
+                config, "attention_chunk_size", None) is None:
+            kinds.append(SLIDING)
+            windows.add(int(layer.sliding_window))
+        elif type(layer) is DynamicLayer:
+            kinds.append(FULL)
+        else:
+            raise MethodConfigError(
+                f"{name}: layer {i} is a {declared_i or type(layer).__name__} layer; only full-attention and "
+                "sliding-window layers are supported"
+            )
+    if len(windows) > 1:
+        raise MethodConfigError(f"{name}: sliding layers with different windows {sorted(windows)} are not supported")
+    return kinds, (windows.pop() if windows else None)
+
+
+def held_tokens(layer_type: str, seq_len: int, sliding_window: int | None, quantize_sliding: bool) -> int:
+    """Tokens a layer's cache holds after a step at ``seq_len`` tokens: a full-precision sliding window
+    keeps the last ``W - 1`` (transformers' ``DynamicSlidingWindowLayer``); every other layer keeps all."""
+    if layer_type == SLIDING and not quantize_sliding and sliding_window:
+        return min(seq_len, sliding_window - 1)
+    return seq_len
+
+
+def bits_per_element_for_model(spec: MethodSpec | str, model: ModelInfo | torch.nn.Module, seq_len: int,
+                               quantize_sliding: bool = False) -> float:
+    """Storage bits per cached K/V element of the whole model at ``seq_len`` tokens, under the per-layer
+    policy of :func:`oscar_core.make_cache` (``model``: the model or its :class:`ModelInfo`).
+
+    Full-attention layers hold ``seq_len`` tokens at ``spec.bits_per_element`` (window and metadata
+    included). Sliding layers hold, by default, transformers' full-precision window: ``min(seq_len, W-1)``
+    tokens at 16 bits; with ``quantize_sliding=True`` every token, quantized like a full layer. The result
+    is the bits held over the elements held, summed over layers (all layers share KV heads and head dim),
+    so a model without sliding layers gets exactly ``spec.bits_per_element``. It is not a compression
+    ratio: a quantized sliding layer holds more elements than the window it attends.
+    """
+    from oscar_core.methods import get_method
+
+    info = model if isinstance(model, ModelInfo) else inspect_model(model)
+    spec = get_method(spec).resolve_for_model(info.num_kv_heads, info.head_dim)
+    if seq_len <= 0:
+        raise MethodConfigError(f"{spec.name}: bits_per_element needs seq_len > 0, got {seq_len}")
+    quantized = spec.bits_per_element(seq_len, info.num_kv_heads, info.head_dim)
+    bits = tokens = 0.0
+    for kind in info.layer_types:
+        n = held_tokens(kind, seq_len, info.sliding_window, quantize_sliding)
+        in_window = kind == SLIDING and not quantize_sliding
+        bits += n * (16.0 if in_window or not spec.quantizes else quantized)
+        tokens += n
+    return bits / tokens
 
 
 @torch.no_grad()

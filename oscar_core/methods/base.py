@@ -14,6 +14,13 @@ emulates that rotation for the reference round trip.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
+import math
+import numbers
+import sys
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -33,6 +40,74 @@ KEEP_FULL = "keep_full"
 
 class MethodConfigError(ValueError):
     """A method parameter (or a model it is applied to) that the method cannot accept."""
+
+
+class MethodParameterTypeError(MethodConfigError, TypeError):
+    """A method parameter of the wrong type (``bits=2.0``, ``bits=True``, ``rotation="maybe"``)."""
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """The resolved annotations of a spec class (``from __future__ import annotations`` makes them strings).
+
+    An annotation that cannot be resolved (a third-party spec naming a type its module does not
+    import) is left unchecked (``Any``) instead of making the class unusable.
+    """
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - resolve one by one below
+        pass
+    hints: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        namespace = dict(vars(sys.modules[klass.__module__])) if klass.__module__ in sys.modules else {}
+        for name, ann in inspect.get_annotations(klass).items():
+            if isinstance(ann, str):
+                try:
+                    ann = eval(ann, namespace, dict(vars(klass)))  # noqa: S307 - the class's own annotation
+                except Exception:  # noqa: BLE001
+                    ann = Any
+            hints[name] = ann
+    return hints
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        choices = [repr(a) for a in typing.get_args(hint)]
+        return choices[0] if len(choices) == 1 else ", ".join(choices[:-1]) + " or " + choices[-1]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    return {bool: "a bool (true or false)", int: "an int", float: "a finite number", str: "a string",
+            type(None): "None"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _conform(value: Any, hint: Any) -> tuple[bool, Any]:
+    """Whether ``value`` is of the annotated type, and the value to store (an int given for a float
+    field becomes that float, so equal configurations serialize equally). bool is not an int here."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True, value
+    if origin is Literal:
+        return any(type(value) is type(a) and value == a for a in typing.get_args(hint)), value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            ok, conformed = _conform(value, arg)
+            if ok:
+                return True, conformed
+        return False, value
+    if hint is type(None):
+        return value is None, value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        return ok, (int(value) if ok else value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            return False, value
+        return True, float(value)
+    if origin is not None:  # a parametrized container: its kind only
+        return isinstance(value, origin), value
+    return (isinstance(value, hint) if isinstance(hint, type) else True), value
 
 
 @dataclass
@@ -113,7 +188,22 @@ class MethodSpec:
     quantized_prefill: bool = False
 
     def __post_init__(self) -> None:
+        self._check_types()
         self.validate()
+
+    def _check_types(self) -> None:
+        """Every field's value is of its annotated type (generic: from the dataclass annotations)."""
+        hints = _field_types(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            ok, conformed = _conform(value, hints.get(f.name, Any))
+            if not ok:
+                raise MethodParameterTypeError(
+                    f"{self.name}: {f.name} must be {_describe(hints[f.name])}, "
+                    f"got {value!r} ({type(value).__name__})"
+                )
+            if conformed is not value:
+                object.__setattr__(self, f.name, conformed)
 
     # -- configuration ---------------------------------------------------------------------
     def validate(self) -> None:
@@ -145,6 +235,12 @@ class MethodSpec:
                 check_hadamard_size(head_dim, "head_dim")
             except ValueError as exc:
                 raise MethodConfigError(f"{self.name}: {exc}") from None
+
+    def resolve_for_model(self, num_kv_heads: int, head_dim: int) -> MethodSpec:
+        """This spec with its model-dependent defaults made concrete for layers of this shape: what
+        :func:`oscar_core.make_cache` builds the cache with (``cache.spec``) and provenance records.
+        Explicit values are kept (``check_model`` judges them). Default: the spec itself."""
+        return self
 
     def replace(self, **overrides: Any) -> MethodSpec:
         unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}

@@ -7,10 +7,10 @@
    Stored with the model's fingerprint and reused; ``calibration="identity"`` runs without one.
 2. **Keys**: the cache receives post-RoPE keys; RoPE (an orthogonal map per position, times the
    model's ``attention_scaling``) is undone exactly for the token's position within its sequence
-   (= ``generate``'s position id with left padding), the key of 4 consecutive KV heads (``4*D``
-   channels) is multiplied by the normalized Hadamard of size ``4*D``, the layer's ``H*D`` channels
-   are permuted, and the result is quantized. At attention time: dequantize, un-permute, inverse
-   Hadamard, re-apply RoPE for the position. Queries are untouched (the attention basis is the model's).
+   (= ``generate``'s position id with left padding), the key of ``head_group`` consecutive KV heads
+   (4 in the paper: ``4*D`` channels) is multiplied by the normalized Hadamard of that size, the
+   layer's ``H*D`` channels are permuted, and the result is quantized. At attention time: dequantize,
+   un-permute, inverse Hadamard, re-apply RoPE for the position. Queries are untouched (the attention basis is the model's).
 3. **Values/outputs**: per-head Hadamard fused into ``v_proj``/``o_proj`` (as OScaR step 2).
 4. **Attention sinks**: at prefill, per layer and sequence, the tokens holding the 20 largest ``|x|``
    of the decoder layer's *input* hidden states (the residual stream, "massive activations") keep
@@ -18,6 +18,14 @@
 5. Per-token quantization, ``G = 128`` consecutive channels of the token's (permuted) ``H*D`` vector,
    integer zero point, clip ratio 0.8, ``b = 2`` (one head per group when ``D = 128``, as the original's
    ``[.., head_dim=128]`` groups); values likewise over the rotated ``H*D`` vector.
+
+Defaults adapt to the model (:meth:`RotateKVSpec.resolve_for_model`; ``make_cache`` records the
+resolved values in ``cache.spec``): ``head_group`` is the largest of 4, 2, 1 that divides the KV heads
+(the Hadamard here needs a power-of-two width ``head_group*D``, so 3 KV heads get 1, not 3);
+``group_size`` is ``min(128, D)``: the official quantizer groups along each head's ``D`` channels
+(``k_groupsize`` must divide ``head_dim``) and uses 128, one group per head at ``D = 128``, so a group
+never spans heads; at ``D = 64`` that costs 2.5 instead of 2.25 bits/element. Explicit values are kept
+and checked, and an unusable one is an error that lists the values that work on the model.
 
 Choices written down: the clip ratio applies to keys and values alike; sinks are chosen per sequence
 over its real tokens; a sink token's quantized slot is stored too and counted in
@@ -36,9 +44,9 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from oscar_core.hadamard import check_hadamard_size, hadamard_transform
+from oscar_core.hadamard import check_hadamard_size, hadamard_transform, is_power_of_two
 from oscar_core.methods.base import KEEP_FULL, Block, BlockContext, LayerState, MethodConfigError, MethodSpec
-from oscar_core.quant import PackedGroups, dequantize, quantize
+from oscar_core.quant import PackedGroups, dequantize, ldexp_saturating, pow2_shift, quantize, saturate
 
 _UNSUPPORTED_ROPE = ("dynamic", "longrope")
 
@@ -82,34 +90,75 @@ def grouped_hadamard_inverse(x: torch.Tensor, heads: int, group: int) -> torch.T
     return y.reshape(n, t, heads, d).transpose(1, 2)
 
 
-def rope_of_model(model: torch.nn.Module, head_dim: int) -> tuple[torch.Tensor, float]:
-    """The text decoder's RoPE ``inv_freq`` and ``attention_scaling``; a clear error if unsupported."""
+def rope_per_layer(model: torch.nn.Module, num_layers: int, head_dim: int) -> list[tuple[torch.Tensor, float]]:
+    """Each decoder layer's RoPE ``(inv_freq, attention_scaling)``; a clear error if unsupported.
+
+    Most models have one rotary embedding (``rotary_emb.inv_freq``). Models with one RoPE per layer type
+    (Gemma 3: ``rope_parameters[layer_type]`` and ``rotary_emb.<layer_type>_inv_freq``, e.g. another
+    base for the sliding layers) get the RoPE of each layer's ``config.layer_types[i]``.
+    """
     from oscar_core.model import _text_model
 
     decoder = _text_model(model)
     config = decoder.config
     params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if "mrope_section" in params or getattr(config, "mrope_section", None):
-        raise MethodConfigError(
-            f"rotatekv: {type(model).__name__} uses multimodal RoPE (M-RoPE, 3-D positions); undoing RoPE "
-            "per token position is not supported for it. Use another method for this model."
-        )
-    if rope_type in _UNSUPPORTED_ROPE:
-        raise MethodConfigError(f"rotatekv: RoPE type {rope_type!r} depends on the sequence length; not supported")
+    layer_types = list(getattr(config, "layer_types", None) or [])
+    per_type = bool(layer_types) and all(isinstance(params.get(t), dict) for t in set(layer_types))
     rotary = getattr(decoder, "rotary_emb", None)
-    if rotary is None or not hasattr(rotary, "inv_freq"):
-        raise MethodConfigError(f"rotatekv: no rotary embedding (rotary_emb.inv_freq) found in {type(decoder).__name__}")
-    inv_freq = rotary.inv_freq.detach().float().cpu()
-    if 2 * inv_freq.numel() != head_dim:
-        raise MethodConfigError(
-            f"rotatekv: partial rotary embeddings ({2 * inv_freq.numel()} of {head_dim} channels) are not supported"
-        )
-    return inv_freq, float(getattr(rotary, "attention_scaling", 1.0))
+    if rotary is None:
+        raise MethodConfigError(f"rotatekv: no rotary embedding (rotary_emb) found in {type(decoder).__name__}")
+
+    def check(p: dict) -> None:
+        if "mrope_section" in p or getattr(config, "mrope_section", None):
+            raise MethodConfigError(
+                f"rotatekv: {type(model).__name__} uses multimodal RoPE (M-RoPE, 3-D positions); undoing RoPE "
+                "per token position is not supported for it. Use another method for this model."
+            )
+        rope_type = p.get("rope_type", p.get("type", "default"))
+        if rope_type in _UNSUPPORTED_ROPE:
+            raise MethodConfigError(f"rotatekv: RoPE type {rope_type!r} depends on the sequence length; not supported")
+
+    out = []
+    for i in range(num_layers):
+        prefix = f"{layer_types[i]}_" if per_type else ""
+        check(params[layer_types[i]] if per_type else params)
+        inv_freq = getattr(rotary, f"{prefix}inv_freq", None)
+        if inv_freq is None:
+            raise MethodConfigError(f"rotatekv: no rotary embedding (rotary_emb.{prefix}inv_freq) found in "
+                                    f"{type(decoder).__name__}")
+        inv_freq = inv_freq.detach().float().cpu()
+        if 2 * inv_freq.numel() != head_dim:
+            raise MethodConfigError(
+                f"rotatekv: partial rotary embeddings ({2 * inv_freq.numel()} of {head_dim} channels) are not supported"
+            )
+        out.append((inv_freq, float(getattr(rotary, f"{prefix}attention_scaling", 1.0))))
+    return out
 
 
 def default_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
     return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+
+
+# -- model-dependent defaults ----------------------------------------------------------------
+MAX_HEAD_GROUP = 4  # the paper's and the official code's head_group_num
+PAPER_GROUP_SIZE = 128  # the official k_groupsize / v_groupsize
+
+
+def head_groups_for(num_kv_heads: int, head_dim: int) -> list[int]:
+    """Head groups the grouped Hadamard can use: divisors of the KV heads whose width
+    ``head_group*head_dim`` is a power of two (what :func:`oscar_core.hadamard.hadamard_transform` does)."""
+    return [g for g in range(1, num_kv_heads + 1) if num_kv_heads % g == 0 and is_power_of_two(g * head_dim)]
+
+
+def default_head_group(num_kv_heads: int, head_dim: int) -> int:
+    """The largest usable head group up to :data:`MAX_HEAD_GROUP` (1 when none is: check_model says why)."""
+    return max([g for g in head_groups_for(num_kv_heads, head_dim) if g <= MAX_HEAD_GROUP], default=1)
+
+
+def default_group_size(head_dim: int) -> int:
+    """The largest divisor of ``head_dim`` up to 128: groups stay within one head's channels, as the
+    official quantizer's (it groups each head's ``head_dim`` channels), and are 128 wide where they fit."""
+    return max(g for g in range(1, min(PAPER_GROUP_SIZE, head_dim) + 1) if head_dim % g == 0)
 
 
 @dataclass(frozen=True)
@@ -122,10 +171,12 @@ class RotateKVSpec(MethodSpec):
     key_axis: ClassVar[Literal["token", "channel"]] = "channel"
     value_axis: ClassVar[Literal["token", "channel"]] = "channel"
 
-    group_size: int = 128
+    #: None: chosen for the model (:func:`default_group_size`: ``min(128, head_dim)``)
+    group_size: int | None = None
     clip_ratio: float = 0.8
-    #: KV heads per grouped Hadamard (the rotation is head_group * head_dim wide)
-    head_group: int = 4
+    #: KV heads per grouped Hadamard (the rotation is head_group * head_dim wide); None: chosen for the
+    #: model (:func:`default_head_group`: the largest of 4, 2, 1 that divides the KV heads)
+    head_group: int | None = None
     #: full-precision sink tokens per layer and sequence (top-|x| entries of the layer input)
     sink_tokens: int = 20
     #: None: the stored calibration of this model (an error if there is none); "identity"; or a file path
@@ -139,33 +190,48 @@ class RotateKVSpec(MethodSpec):
         super().validate()
         if not 0.0 < self.clip_ratio <= 1.0:
             raise MethodConfigError(f"rotatekv: clip_ratio must be in (0, 1], got {self.clip_ratio}")
-        if self.head_group < 1 or self.sink_tokens < 0:
+        if (self.head_group is not None and self.head_group < 1) or self.sink_tokens < 0:
             raise MethodConfigError("rotatekv: head_group must be >= 1 and sink_tokens >= 0")
 
+    def resolve_for_model(self, num_kv_heads: int, head_dim: int) -> RotateKVSpec:
+        """``head_group`` / ``group_size`` left as None get the model's defaults; explicit ones are kept."""
+        hg, gs = self._resolved(num_kv_heads, head_dim)
+        if (hg, gs) == (self.head_group, self.group_size):
+            return self
+        return self.replace(head_group=hg, group_size=gs)
+
+    def _resolved(self, num_kv_heads: int, head_dim: int) -> tuple[int, int]:
+        hg = self.head_group if self.head_group is not None else default_head_group(num_kv_heads, head_dim)
+        return hg, self.group_size if self.group_size is not None else default_group_size(head_dim)
+
     def check_model(self, num_kv_heads: int, head_dim: int) -> None:
-        if num_kv_heads % self.head_group:
+        try:
+            check_hadamard_size(head_dim, "head_dim")
+        except ValueError as exc:
+            raise MethodConfigError(f"rotatekv: {exc}") from None
+        hg, gs = self._resolved(num_kv_heads, head_dim)
+        usable = head_groups_for(num_kv_heads, head_dim)
+        if hg not in usable:
             raise MethodConfigError(
-                f"rotatekv: the grouped-head rotation needs the number of KV heads ({num_kv_heads}) to be a "
-                f"multiple of head_group={self.head_group}"
+                f"rotatekv: head_group={hg} does not fit {num_kv_heads} KV heads of head_dim {head_dim} (it must "
+                f"divide the KV heads and head_group*head_dim must be a power of two); works here: head_group="
+                f"{', '.join(map(str, usable))} (default for this model: {default_head_group(num_kv_heads, head_dim)})"
             )
-        for n, what in ((head_dim, "head_dim"), (self.head_group * head_dim, "head_group*head_dim")):
-            try:
-                check_hadamard_size(n, what)
-            except ValueError as exc:
-                raise MethodConfigError(f"rotatekv: {exc}") from None
-        if (num_kv_heads * head_dim) % self.group_size:
+        hd = num_kv_heads * head_dim
+        if hd % gs:
+            works = [g for g in range(8, hd + 1) if hd % g == 0]
             raise MethodConfigError(
-                f"rotatekv: num_kv_heads*head_dim ({num_kv_heads * head_dim}) is not a multiple of group_size "
-                f"{self.group_size}"
+                f"rotatekv: group_size={gs} does not divide num_kv_heads*head_dim ({hd}); works here: group_size="
+                f"{', '.join(map(str, works))} (default for this model: {default_group_size(head_dim)})"
             )
 
     # -- state ---------------------------------------------------------------------------------
     def init_layer_states(self, model: torch.nn.Module, info: Any) -> list[dict[str, Any]]:
         from oscar_core import calibration
 
-        inv_freq, scaling = rope_of_model(model, info.head_dim)
+        ropes = rope_per_layer(model, info.num_layers, info.head_dim)
         perms = calibration.permutations_for(self, model, info)
-        return [{"inv_freq": inv_freq, "rope_scaling": scaling, "perm": perms[i]} for i in range(info.num_layers)]
+        return [{"inv_freq": ropes[i][0], "rope_scaling": ropes[i][1], "perm": perms[i]} for i in range(info.num_layers)]
 
     def observe_prompt(self, state: LayerState, keys: torch.Tensor | None, values: torch.Tensor | None,
                        pad: list[int], layer_input: torch.Tensor | None) -> None:
@@ -205,10 +271,10 @@ class RotateKVSpec(MethodSpec):
         return keep
 
     # -- numerics ------------------------------------------------------------------------------
-    def _quant(self, x: torch.Tensor) -> Block:
+    def _quant(self, x: torch.Tensor, head_dim: int) -> Block:
         if self.no_quant:
             return {"raw": x.float()}
-        gq = quantize(x, self.bits, self.group_size, "channel", "integer", self.clip_ratio)
+        gq = quantize(x, self.bits, self.group_for("channel", head_dim), "channel", "integer", self.clip_ratio)
         p = PackedGroups.from_quant(gq)
         return {"codes": p.packed, "scale": p.scale, "zero": p.zero}
 
@@ -222,9 +288,13 @@ class RotateKVSpec(MethodSpec):
         n, h, t, d = k.shape
         perm, inv_freq, scaling = self._layer(ctx, h, d)
         cos, sin = rope_tables(inv_freq, ctx.positions(t, k.device), scaling)
-        pre = undo_rope(k.float(), cos, sin)
-        x = grouped_hadamard(pre, self.head_group)[..., perm.to(k.device)]  # [N, T, H*D]
-        block = self._quant(x)
+        # tokens near fp32's limit (|x| >= 2^124) are scaled by a power of two through RoPE and back
+        # (exact; the grouped Hadamard guards its own range): finite keys never overflow to inf
+        shift = pow2_shift(k.float().abs().amax(dim=(1, 3)), 125)  # [N, T]; 0 for ordinary tokens
+        pre = undo_rope(torch.ldexp(k.float(), -shift[:, None, :, None]), cos, sin)
+        x = ldexp_saturating(grouped_hadamard(pre, self._resolved(h, d)[0]), shift[:, :, None])
+        x = x[..., perm.to(k.device)]  # [N, T, H*D]
+        block = self._quant(x, d)
         keep = self._keep(ctx, t)
         if keep is not None:
             block[KEEP_FULL] = keep
@@ -238,14 +308,14 @@ class RotateKVSpec(MethodSpec):
             raise MethodConfigError("rotatekv: decode before encode in a standalone context")
         heads = hd // (2 * ctx.state.shared["inv_freq"].numel())
         x = x[..., torch.argsort(perm).to(x.device)]
-        pre = grouped_hadamard_inverse(x, heads, self.head_group)
+        pre = grouped_hadamard_inverse(x, heads, self._resolved(heads, hd // heads)[0])
         cos, sin = rope_tables(ctx.state.shared["inv_freq"], ctx.positions(t, x.device), ctx.state.shared["rope_scaling"])
-        return apply_rope(pre, cos, sin).to(dtype)
+        return saturate(apply_rope(pre, cos, sin), dtype)
 
     def encode_values_at(self, v: torch.Tensor, ctx: BlockContext) -> Block:
         n, h, t, d = v.shape
         self._layer(ctx, h, d)
-        block = self._quant(v.float().transpose(1, 2).reshape(n, t, h * d))
+        block = self._quant(v.float().transpose(1, 2).reshape(n, t, h * d), d)
         keep = self._keep(ctx, t)
         if keep is not None:
             block[KEEP_FULL] = keep
@@ -257,11 +327,11 @@ class RotateKVSpec(MethodSpec):
         if "inv_freq" not in ctx.state.shared:
             raise MethodConfigError("rotatekv: decode before encode in a standalone context")
         d = 2 * ctx.state.shared["inv_freq"].numel()
-        return x.reshape(n, t, hd // d, d).transpose(1, 2).to(dtype)
+        return saturate(x.reshape(n, t, hd // d, d).transpose(1, 2), dtype)
 
     # -- accounting ----------------------------------------------------------------------------
     def group_for(self, axis: str, head_dim: int) -> int:
-        return self.group_size
+        return self.group_size if self.group_size is not None else default_group_size(head_dim)
 
     def bits_per_element(self, seq_len: int, num_kv_heads: int, head_dim: int) -> float:
         base = super().bits_per_element(seq_len, num_kv_heads, head_dim)

@@ -1,8 +1,11 @@
 """TurboQuant (Zandieh et al., 2025): per-vector codebook quantization after a random rotation.
 
 ``turboquant+`` (the paper's KV-cache setting, no QJL). Per vector (one head's key or value at one
-token), the channels are split into ``outlier_channels`` (32) outlier channels and the rest (96 when
-``D = 128``). The outlier channels are the ones with the largest mean ``|x|`` over the prompt, per
+token), the channels are split into ``outlier_channels`` outlier channels and the rest. By default
+(``outlier_channels=None``) the outliers are a quarter of the head dim, ``8 * (D // 32)``: 16, 32, 64 at
+``D`` = 64, 128, 256 (the paper's 32 of 128), so that the codes cost 2.25 bits per element at every head
+dim; an explicit count is kept as given (``make_cache`` records the count it used in ``cache.spec``).
+The outlier channels are the ones with the largest mean ``|x|`` over the prompt, per
 layer, head and stream (keys and values separately), fixed afterwards. Each part independently:
 
 1. store its L2 norm (fp16) and normalize it;
@@ -27,7 +30,9 @@ batch (from that sequence's prompt), so a batched run equals the sequences run a
 layer and part dimension is shared by keys and values; the outlier indices (7 bits per outlier channel
 per layer, head and sequence) are not counted in :meth:`bits_per_element`. Storage per quantized
 element with ``D = 128``: ``turboquant+`` (32*3 + 96*2 + 2*16)/128 = 2.5 bits; ``turboquant``
-(32*3 + 96*2 + 4*16)/128 = 2.75 bits.
+(32*3 + 96*2 + 4*16)/128 = 2.75 bits. With the default quarter split the codes are 2.25 bits at any
+head dim and the two fp16 norms per vector add ``32/D``: ``turboquant+`` costs 2.75, 2.5 and 2.375 bits
+at ``D`` = 64, 128 and 256 (``turboquant``: 3.25, 2.75, 2.5).
 """
 
 from __future__ import annotations
@@ -39,6 +44,15 @@ import torch
 
 from oscar_core import codebook
 from oscar_core.methods.base import Block, BlockContext, LayerState, MethodConfigError, MethodSpec
+from oscar_core.quant import ldexp_saturating, pow2_shift, saturate
+
+
+def _vector_norm(x: torch.Tensor) -> torch.Tensor:
+    """fp32 L2 norm over the last axis that does not overflow: a vector whose squares could pass fp32's
+    range is scaled by a power of two first (exact; every other vector is computed unscaled, as
+    ``x.norm``); saturated at fp32's max. inf/NaN propagate."""
+    shift = pow2_shift(x.abs().amax(dim=-1), (126 - (x.shape[-1] - 1).bit_length()) // 2)
+    return ldexp_saturating(torch.ldexp(x, -shift.unsqueeze(-1)).norm(dim=-1), shift)
 
 
 @dataclass(frozen=True)
@@ -55,8 +69,8 @@ class TurboQuantPlusSpec(MethodSpec):
     bits: int = 2
     #: bits of the outlier channels
     outlier_bits: int = 3
-    #: number of outlier channels per head (0: one part, no split)
-    outlier_channels: int = 32
+    #: number of outlier channels per head (0: one part, no split; None: a quarter of the head dim)
+    outlier_channels: int | None = None
     #: not used (per-vector codebooks); kept for the common interface
     group_size: int | None = None
     #: base seed of the fixed rotations (and QJL projections); layer ``l`` part ``p`` uses a derived seed
@@ -68,18 +82,28 @@ class TurboQuantPlusSpec(MethodSpec):
         for what, b in (("bits", self.bits), ("outlier_bits", self.outlier_bits)):
             if not low <= b <= 4:
                 raise MethodConfigError(f"{self.name}: {what} must be in {low}..4, got {b}")
-        if self.outlier_channels < 0:
+        if self.outlier_channels is not None and self.outlier_channels < 0:
             raise MethodConfigError(f"{self.name}: outlier_channels must be >= 0, got {self.outlier_channels}")
 
     def group_for(self, axis: str, head_dim: int) -> int:
         return head_dim
 
+    def outliers_for(self, head_dim: int) -> int:
+        """Outlier channels per head at ``head_dim``: as set, or a quarter of it in multiples of 8."""
+        return self.outlier_channels if self.outlier_channels is not None else 8 * (head_dim // 32)
+
+    def resolve_for_model(self, num_kv_heads: int, head_dim: int) -> TurboQuantPlusSpec:
+        if self.outlier_channels is not None:
+            return self
+        return self.replace(outlier_channels=self.outliers_for(head_dim))
+
     def _parts(self, head_dim: int) -> list[tuple[str, int, int]]:
         """(name, dimension, total bits) of the outlier and regular parts."""
         parts = []
-        if self.outlier_channels:
-            parts.append(("out", self.outlier_channels, self.outlier_bits))
-        parts.append(("reg", head_dim - self.outlier_channels, self.bits))
+        n_out = self.outliers_for(head_dim)
+        if n_out:
+            parts.append(("out", n_out, self.outlier_bits))
+        parts.append(("reg", head_dim - n_out, self.bits))
         return parts
 
     def check_model(self, num_kv_heads: int, head_dim: int) -> None:
@@ -88,7 +112,7 @@ class TurboQuantPlusSpec(MethodSpec):
             if n < 3 or n % 8:
                 raise MethodConfigError(
                     f"{self.name}: the {'outlier' if name == 'out' else 'regular'} part has {n} channels "
-                    f"(head_dim {head_dim}, outlier_channels {self.outlier_channels}); each part needs a "
+                    f"(head_dim {head_dim}, outlier_channels {self.outliers_for(head_dim)}); each part needs a "
                     "multiple of 8 channels, at least 8"
                 )
 
@@ -100,12 +124,13 @@ class TurboQuantPlusSpec(MethodSpec):
             if x is None:
                 continue
             d = x.shape[-1]
+            n_out = self.outliers_for(d)
             for b, seq in enumerate(state.per_seq):
                 real = x[b, :, pad[b]:].float()
                 score = real.abs().mean(dim=1) if real.shape[1] else torch.zeros(x.shape[1], d, device=x.device)
                 order = torch.argsort(score, dim=-1, descending=True, stable=True)
-                out = order[:, : self.outlier_channels].sort(dim=-1).values
-                reg = order[:, self.outlier_channels :].sort(dim=-1).values
+                out = order[:, :n_out].sort(dim=-1).values
+                reg = order[:, n_out:].sort(dim=-1).values
                 seq[f"{tag}_perm"] = torch.cat([out, reg], dim=-1).cpu()  # [H, D], outliers first
 
     def _perm(self, ctx: BlockContext, tag: str, n: int, device: torch.device) -> torch.Tensor:
@@ -136,14 +161,14 @@ class TurboQuantPlusSpec(MethodSpec):
         for p, (name, n, bits) in enumerate(self._parts(d)):
             part = xp[..., start : start + n]
             start += n
-            norm = part.norm(dim=-1)
+            norm = _vector_norm(part)
             u = part / torch.where(norm > 0, norm, torch.ones_like(norm)).unsqueeze(-1)
             mse_bits = bits - 1 if self.qjl else bits
             cents, rot, s = self._tables(ctx, p, n, mse_bits, x.device)
             y = u @ rot.T
             codes = codebook.nearest_code(y, cents)
             block[f"{name}_codes"] = codebook.pack(codes, mse_bits)
-            block[f"{name}_norm"] = norm.clamp(max=65504.0).half()
+            block[f"{name}_norm"] = saturate(norm, torch.float16)  # inf/NaN of non-finite inputs kept
             if self.qjl:
                 r = y - cents[codes.long()]
                 block[f"{name}_qjl"] = codebook.pack(codebook.qjl_encode(r, s), 1)
@@ -167,11 +192,14 @@ class TurboQuantPlusSpec(MethodSpec):
         xp = torch.cat(outs, dim=-1)
         perm = self._perm(ctx, tag, n_units, xp.device)
         inv = torch.argsort(perm, dim=-1)
-        return torch.gather(xp, -1, inv[:, :, None, :].expand(n_units, h, t, d)).to(dtype)
+        return saturate(torch.gather(xp, -1, inv[:, :, None, :].expand(n_units, h, t, d)), dtype)
 
     def _head_dim(self, block: Block) -> int:
-        bits = self.bits - 1 if self.qjl else self.bits
-        return self.outlier_channels + codebook.codes_in(block["reg_codes"].shape[-1], bits)
+        dim = 0
+        for name, bits in (("out", self.outlier_bits), ("reg", self.bits)):
+            if f"{name}_codes" in block:
+                dim += codebook.codes_in(block[f"{name}_codes"].shape[-1], bits - 1 if self.qjl else bits)
+        return dim
 
     def encode_keys_at(self, k: torch.Tensor, ctx: BlockContext) -> Block:
         return self._encode(k, ctx, "k")

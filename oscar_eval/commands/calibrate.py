@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from oscar_eval.errors import UserError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -14,22 +16,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "evaluation data). The result is stored under the model's fingerprint and reused by every "
                     "later run of rotatekv on the same model.")
     p.add_argument("method", choices=["rotatekv"], help="method to calibrate")
-    p.add_argument("--model", required=True, help="model folder or a repo id already in the local Hugging Face cache")
+    p.add_argument("--model", required=True, help="the model, as `oscar-eval run --model` takes it")
     p.add_argument("--text", required=True, help="UTF-8 text file to calibrate on")
     p.add_argument("--out", help="calibration folder (default: $OSCAR_EVAL_CALIBRATION_DIR or <results>/calibration)")
     p.add_argument("--results", default="results",
                    help="results store whose calibration/ folder `oscar-eval run --results` reads (default: results)")
     p.add_argument("--seq-len", type=int, default=2048, help="tokens per calibration chunk (default: 2048)")
     p.add_argument("--max-tokens", type=int, default=2048 * 64, help="calibration tokens in all (default: 131072)")
-    p.add_argument("--head-group", type=int, default=4, help="KV heads per grouped Hadamard (default: 4)")
+    p.add_argument("--set", action="append", dest="overrides", metavar="KEY=VALUE", default=[],
+                   help="rotatekv parameter, as `run --set` (head_group=2 or rotatekv.head_group=2); default: "
+                        "chosen for the model as `run` chooses it (head_group: the largest of 4, 2, 1 that "
+                        "divides the KV heads)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16, float32 (default: auto)")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    from oscar_eval.cli import UserError
-
     text = Path(args.text)
     if not text.is_file():
         raise UserError(f"--text {text}: no such file")
@@ -37,17 +40,25 @@ def main(args: argparse.Namespace) -> int:
         raise UserError("--seq-len and --max-tokens must be at least 2")
     from oscar_core.calibration import calibrate_rotatekv
     from oscar_core.methods import MethodConfigError
+    from oscar_eval.api import method_spec, overrides_for, parse_overrides
     from oscar_eval.commands import calibration_dir_of
     from oscar_eval.models import load_model
 
+    # The whole spec is checked (a typo'd or invalid parameter is an error before the model loads), but
+    # only head_group enters the permutation: sorting channel sums ignores the quantization groups.
+    spec = method_spec("rotatekv", overrides_for("rotatekv", parse_overrides(args.overrides)))
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    heads, head_dim = loaded.kv_shape()
     try:
+        spec = spec.resolve_for_model(heads, head_dim)
+        spec.check_model(heads, head_dim)
         with calibration_dir_of(args.results):
             data = calibrate_rotatekv(loaded.model, loaded.tokenizer, text, seq_len=args.seq_len,
-                                      max_tokens=args.max_tokens, head_group=args.head_group, out_dir=args.out)
+                                      max_tokens=args.max_tokens, head_group=spec.head_group, out_dir=args.out)
     except MethodConfigError as exc:
         raise UserError(str(exc)) from None
     print(f"rotatekv calibration: {data['n_tokens']} tokens from {text}, {data['num_layers']} layers, "
+          f"{heads} KV heads of head_dim {head_dim}, head_group={data['head_group']}, "
           f"model fingerprint {data['model_fingerprint'][:12]}")
     print(f"written to {data['path']}")
     return 0

@@ -31,8 +31,8 @@ def _random_calibration(model, path, seed=0):
     g = torch.Generator().manual_seed(seed)
     hd = info.num_kv_heads * info.head_dim
     perms = torch.stack([torch.randperm(hd, generator=g) for _ in range(info.num_layers)])
-    torch.save({"method": "rotatekv", "model_fingerprint": calibration.model_fingerprint(model),
-                "permutations": perms, "head_group": 4}, path)
+    torch.save({"method": "rotatekv", "format_version": calibration.FORMAT_VERSION, "permutations": perms,
+                "model_fingerprint": calibration.model_fingerprint(model), "head_group": 4}, path)
     return perms
 
 
@@ -126,8 +126,8 @@ def test_calibration_sorts_rotated_pre_rope_channel_sums(tmp_path):
         assert torch.equal(data["permutations"][i], torch.sort(data["channel_sums"][i].double()).indices) or \
             torch.all(torch.diff(sums[data["permutations"][i]]) >= -1e-3)
     assert data["n_tokens"] == ids.numel()
-    path = calibration.calibration_path(data["model_fingerprint"], tmp_path)
-    assert data["path"] == str(path) and path.is_file()
+    path = calibration.calibration_path(data["model_fingerprint"], tmp_path, head_group=4)
+    assert data["path"] == str(path) and path.is_file() and data["head_group"] == 4  # the default for 4 KV heads
 
 
 def test_calibration_is_found_by_fingerprint_and_never_mixed_up(tmp_path, monkeypatch):
@@ -154,9 +154,10 @@ def test_calibration_is_found_by_fingerprint_and_never_mixed_up(tmp_path, monkey
 
 
 def test_clear_errors_for_unsupported_models():
-    model, _ = llama()  # 2 KV heads
-    with pytest.raises(MethodConfigError, match="multiple of head_group=4"):
-        oc.make_cache(model, "rotatekv", calibration="identity")
+    model, _ = llama()  # 2 KV heads of head_dim 64
+    with pytest.raises(MethodConfigError, match=r"head_group=4 does not fit 2 KV heads.*works here: head_group=1, 2 "
+                                                r"\(default for this model: 2\)"):
+        oc.make_cache(model, "rotatekv", calibration="identity", head_group=4)
     from tiny_models import qwen3_vl
 
     vl, _ = qwen3_vl()
@@ -192,7 +193,7 @@ def _saved_model_and_text(tmp_path):
     return model, text
 
 
-def test_cli_calibrates_a_local_model(tmp_path, monkeypatch):
+def test_cli_calibrates_a_local_model(tmp_path, monkeypatch, capsys):
     from oscar_eval.cli import main
 
     model, text = _saved_model_and_text(tmp_path)
@@ -206,6 +207,16 @@ def test_cli_calibrates_a_local_model(tmp_path, monkeypatch):
     cache = oc.make_cache(model, "rotatekv")  # the in-memory model has the same fingerprint
     assert "perm" in cache.layers[0].state.shared
     assert main(["calibrate", "rotatekv", "--model", str(tmp_path / "m"), "--text", str(tmp_path / "missing.txt")]) == 2
+    # Overrides as `run --set` takes them; an unusable one names the values that work on this model.
+    base = ["calibrate", "rotatekv", "--model", str(tmp_path / "m"), "--text", str(text), "--out", str(out),
+            "--device", "cpu", "--dtype", "float32", "--seq-len", "128"]
+    capsys.readouterr()
+    assert main([*base, "--set", "head_group=3"]) == 2
+    assert "works here: head_group=1, 2, 4" in capsys.readouterr().err
+    assert main([*base, "--set", "rotatekv.head_group=2"]) == 0
+    assert "head_group=2" in capsys.readouterr().out
+    assert sorted(f.name.rsplit("-", 1)[-1] for f in out.glob("rotatekv-*.pt")) == ["hg2.pt", "hg4.pt"]
+    assert "perm" in oc.make_cache(model, "rotatekv", head_group=2).layers[0].state.shared
 
 
 def test_llava_next_language_model_is_supported(monkeypatch):
@@ -239,7 +250,119 @@ def test_calibration_lives_next_to_the_results_store(tmp_path, monkeypatch, caps
            "--subset", "qasper_e", "--limit", "1", "--device", "cpu", "--dtype", "float32", "--no-progress"]
     assert main([*run, "--results", str(res)]) == 0  # found in <results>/calibration
     assert "1 items, 0 failed" in capsys.readouterr().out
+    import json
+
+    (manifest,) = res.glob("runs/*/manifest.json")
+    params = json.loads(manifest.read_text())["method"]["params"]
+    assert (params["head_group"], params["group_size"]) == (4, 64)  # provenance: the values the cache used
     other = tmp_path / "other"
     assert main([*run, "--results", str(other)]) == 2  # one clear error before any item
     assert str(other / "calibration") in capsys.readouterr().err
     assert not list(other.glob("runs/*/records.jsonl"))
+
+
+# -- real-model layouts: exact fingerprint indices, defaults resolved for the model --------------------
+class _OneTensor(torch.nn.Module):
+    """A "decoder" whose only key-determining weight has more than 2^24 elements."""
+
+    def __init__(self, numel: int):
+        super().__init__()
+        from transformers import LlamaConfig
+
+        self.config = LlamaConfig(hidden_size=64, num_attention_heads=1, num_hidden_layers=1)
+        self.embed_tokens = torch.nn.Parameter(torch.zeros(numel), requires_grad=False)
+
+
+def test_fingerprint_samples_exact_indices_past_2_24():
+    n = 2**24 + 1001  # a float32 index cannot address most elements past 2^24
+    idx = calibration.sample_indices(n)
+    k = 4096
+    assert idx.dtype == torch.int64 and idx.numel() == k
+    assert idx.tolist() == [i * (n - 1) // (k - 1) for i in range(k)]  # exact integer arithmetic
+    assert idx[0] == 0 and idx[-1] == n - 1 and torch.all(torch.diff(idx) > 0)
+    assert calibration.sample_indices(10).tolist() == list(range(10))  # small tensors: every element
+    assert calibration.sample_indices(1).tolist() == [0]
+
+    module = _OneTensor(n)
+    before = calibration.model_fingerprint(module)
+    assert calibration.model_fingerprint(module) == before  # deterministic
+    with torch.no_grad():
+        module.embed_tokens[idx[1] + 1] = 1.0  # between two samples: not part of the fingerprint
+    assert calibration.model_fingerprint(module) == before
+    for i in (int(idx[2048]), n - 1):  # a sampled element past 2^24, and the very last one
+        with torch.no_grad():
+            module.embed_tokens[i] = 0.5
+        after = calibration.model_fingerprint(module)
+        assert after != before
+        before = after
+
+
+@pytest.mark.parametrize(("kv_heads", "head_dim", "head_group", "group_size"), [
+    (1, 256, 1, 128),  # Gemma 3 270M: two groups per head
+    (2, 64, 2, 64),  # Qwen2.5-Coder-0.5B
+    (2, 128, 2, 128),  # Qwen2.5-Coder-1.5B
+    (3, 64, 1, 64),  # SmolLM2-135M: 3*64 is no Hadamard size, so 1 (not 3)
+    (6, 128, 2, 128),
+    (8, 128, 4, 128),  # the paper's setting
+    (32, 128, 4, 128),
+])
+def test_defaults_adapt_to_the_model(kv_heads, head_dim, head_group, group_size):
+    spec = oc.get_method("rotatekv")
+    resolved = spec.resolve_for_model(kv_heads, head_dim)
+    assert (resolved.head_group, resolved.group_size) == (head_group, group_size)
+    resolved.check_model(kv_heads, head_dim)
+    spec.check_model(kv_heads, head_dim)  # an unresolved spec is judged by its resolved values
+    assert (kv_heads * head_dim) % group_size == 0 and (head_group * head_dim) % group_size == 0
+    # Explicit values are kept, whatever the model.
+    explicit = oc.get_method("rotatekv", head_group=1, group_size=32).resolve_for_model(kv_heads, head_dim)
+    assert (explicit.head_group, explicit.group_size) == (1, 32)
+
+
+def test_unusable_explicit_values_name_the_values_that_work():
+    with pytest.raises(MethodConfigError, match=r"head_group=3 does not fit 3 KV heads.*works here: head_group=1 "):
+        oc.get_method("rotatekv", head_group=3).check_model(3, 64)
+    with pytest.raises(MethodConfigError, match=r"works here: head_group=1, 2, 4, 8 \(default for this model: 4\)"):
+        oc.get_method("rotatekv", head_group=16).check_model(8, 128)
+    oc.get_method("rotatekv", head_group=8).check_model(8, 128)  # above the default's 4, but a valid choice
+    with pytest.raises(MethodConfigError, match=r"group_size=128 does not divide num_kv_heads\*head_dim \(192\); "
+                                                r"works here: group_size=8, 12, 16, 24, 32, 48, 64, 96, 192 "
+                                                r"\(default for this model: 64\)"):
+        oc.get_method("rotatekv", group_size=128).check_model(3, 64)
+
+
+def test_make_cache_builds_with_the_resolved_spec():
+    model, inputs = llama(hidden_size=192, num_attention_heads=6, num_key_value_heads=3)  # SmolLM2: 3 KV heads, D=64
+    cache = oc.make_cache(model, "rotatekv", calibration="identity", residual_length=16)
+    assert (cache.spec.head_group, cache.spec.group_size) == (1, 64)
+    assert cache.spec.to_dict()["params"]["head_group"] == 1
+    _, logits = generate(model, inputs(40), cache, 4)
+    assert torch.isfinite(logits).all()
+    # The stored keys use those groups: 3 groups of 64 per token of 3*64 channels.
+    assert cache.layers[0].k.units["scale"].shape[-1] == 3
+    assert oc.make_cache(model, "fp16").spec.name == "fp16"
+
+
+def test_calibration_is_keyed_by_head_group(tmp_path, monkeypatch):
+    model, _ = llama(**KV4)  # default head_group 4
+    store = tmp_path / "store"
+    monkeypatch.setenv("OSCAR_EVAL_CALIBRATION_DIR", str(store))
+    text = tmp_path / "c.txt"
+    text.write_text("calibration text " * 20)
+    one = calibration.calibrate_rotatekv(model, ByteTokenizer(), text, seq_len=64, head_group=1)
+    assert Path(one["path"]).name.endswith("-hg1.pt") and one["head_group"] == 1
+    with pytest.raises(MethodConfigError, match=r"calibration for head_group=4 \(the value this cache uses\) is "
+                                                r"not at .*found head_group=1 \("):
+        oc.make_cache(model, "rotatekv")
+    cache = oc.make_cache(model, "rotatekv", head_group=1)
+    assert torch.equal(cache.layers[0].state.shared["perm"], one["permutations"][0])
+    with pytest.raises(MethodConfigError, match="computed with head_group=1, this cache uses head_group=4"):
+        oc.make_cache(model, "rotatekv", calibration=one["path"])
+    four = calibration.calibrate_rotatekv(model, ByteTokenizer(), text, seq_len=64)
+    assert four["head_group"] == 4 and Path(one["path"]).is_file()  # both kept side by side
+    assert not torch.equal(four["permutations"], one["permutations"])  # the rotation enters the sort
+    assert torch.equal(oc.make_cache(model, "rotatekv").layers[1].state.shared["perm"], four["permutations"][1])
+    # A format-1 file (float32 fingerprint indices) is refused with a clear reason.
+    old = tmp_path / "old.pt"
+    torch.save({**{k: v for k, v in four.items() if k != "path"}, "format_version": 1}, old)
+    with pytest.raises(MethodConfigError, match="has format 1.*recalibrate"):
+        oc.make_cache(model, "rotatekv", calibration=str(old))

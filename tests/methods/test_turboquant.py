@@ -135,3 +135,45 @@ def test_outlier_channels_come_from_the_prompt_per_head_and_stay_fixed():
         out_mask[head, big[head]] = True
     rel = lambda m: (err[m[:, None, :].expand_as(err)].sum() / k[0, :, :32][m[:, None, :].expand_as(err)].pow(2).sum())  # noqa: E731
     assert rel(out_mask) < rel(~out_mask)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_turboquant_plus_stays_a_2_5_bit_method_at_every_head_dim(head_dim):
+    # Default split: a quarter of the channels are outliers (16/32/64), so the codes cost exactly
+    # 3/4*2 + 1/4*3 = 2.25 bits; the two fp16 norms per vector add 32/D (0.5, 0.25, 0.125). Tolerance
+    # 0.25 around 2.5 admits that norm overhead at D >= 64; the old fixed 32 outliers cost 3.0 at D=64.
+    spec = oc.get_method("turboquant+")
+    assert spec.outliers_for(head_dim) == head_dim // 4
+    assert spec.resolve_for_model(2, head_dim).outlier_channels == head_dim // 4  # concrete for provenance
+    assert spec.code_bits_per_element(head_dim) == pytest.approx(2.25 + 32 / head_dim)
+    bpe = spec.bits_per_element(32 * 128, 2, head_dim)  # a multiple of R: no full-precision window
+    assert bpe == pytest.approx(2.25 + 32 / head_dim)
+    assert abs(bpe - 2.5) <= 0.25
+    assert oc.get_method("turboquant").code_bits_per_element(head_dim) == pytest.approx(2.25 + 64 / head_dim)
+
+
+def test_explicit_outlier_count_is_kept():
+    spec = oc.get_method("turboquant+", outlier_channels=32)
+    assert spec.resolve_for_model(2, 64) is spec and spec.outliers_for(64) == 32
+    assert spec.code_bits_per_element(64) == pytest.approx((32 * 3 + 32 * 2 + 32) / 64)  # 3.0
+    assert oc.get_method("turboquant+", outlier_channels=0).outliers_for(256) == 0
+
+
+@pytest.mark.parametrize("head_dim", [64, 256])
+def test_default_split_picks_a_quarter_of_the_channels_and_round_trips(head_dim):
+    spec = oc.get_method("turboquant+", residual_length=16)
+    g = torch.Generator().manual_seed(1)
+    n_out = head_dim // 4
+    big = torch.randperm(head_dim, generator=g)[:n_out]
+    k = torch.randn(1, 1, 32, head_dim, generator=g)
+    k[..., big] *= 8.0
+    v = torch.randn(1, 1, 32, head_dim, generator=g)
+    ctx = spec.standalone_context(k, v)
+    perm = ctx.state.per_seq[0]["k_perm"]
+    assert set(perm[0, :n_out].tolist()) == set(big.tolist())
+    block = spec.encode_keys_at(k.reshape(1, 1, 2, 16, head_dim).transpose(1, 2).reshape(2, 1, 16, head_dim), ctx)
+    assert block["out_codes"].shape[-1] == n_out * 3 // 8 and block["reg_codes"].shape[-1] == (head_dim - n_out) // 4
+    k_hat, v_hat = spec.roundtrip_standalone(k, v)
+    assert k_hat.shape == k.shape and v_hat.shape == v.shape
+    rel = (k_hat - k).pow(2).sum() / k.pow(2).sum()
+    assert rel < 0.2  # a 2.25-bit codebook quantizer, not garbage
