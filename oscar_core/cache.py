@@ -6,8 +6,11 @@ Window and flush policy (METHODS.md, shared by all methods):
   quantized and ``T mod R`` stay in the full-precision window (for KIVI's sliding value window, the
   last ``min(T, R)`` values stay).
 * While decoding each new token enters the window; when the window would exceed ``R`` tokens its
-  oldest ``R`` tokens are quantized as one block ("block flush"; the sliding value window moves its
-  oldest token instead, "token flush"). Every token is quantized exactly once.
+  oldest ``R`` tokens are quantized as one block ("block flush"), so the step that fills the window
+  attends all ``R`` in full precision, as official KIVI's keys. The sliding value window ("token
+  flush") attends the last ``R + 1`` values at each decode step and quantizes its oldest one when the
+  next token arrives (official KIVI quantizes it right after the step's attention: the same numbers).
+  Every token is quantized exactly once.
 
 Per-sequence alignment. With left padding, each sequence's tokens are stored left-aligned from its
 first real token, so its quantization groups are exactly those of the sequence run alone and padded
@@ -34,9 +37,9 @@ import copy
 from dataclasses import dataclass, field
 
 import torch
-from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache, DynamicSlidingWindowLayer
 
-from oscar_core.methods import Block, MethodSpec, get_method
+from oscar_core.methods import Block, MethodConfigError, MethodSpec, get_method
 from oscar_core.methods.base import KEEP_FULL, BlockContext, LayerState
 
 
@@ -71,6 +74,9 @@ class PackedKVLayer(CacheLayerMixin):
     is_compileable = False
     is_croppable = True
     supports_early_init = False
+    #: decode steps attend straight from the packed storage (:mod:`oscar_core.blockwise`); False: always
+    #: rebuild the padded timeline (:meth:`attention_inputs`, the original path and the tests' oracle)
+    blockwise_decode = True
 
     def __init__(self, spec: MethodSpec, fake_quant: bool = False, state: LayerState | None = None):
         super().__init__()
@@ -194,7 +200,11 @@ class PackedKVLayer(CacheLayerMixin):
             idx = torch.tensor(s.buf_len, device=x.device)
             s.buf[torch.arange(batch, device=x.device), :, idx] = x[:, :, 0]
         s.buf_len = [n + 1 for n in s.buf_len]
-        full = [b for b in range(batch) if s.buf_len[b] > s.window]
+        # A sliding (token-flush) window attends R + 1 values, as official KIVI does: it quantizes the
+        # oldest value *after* the step's attention; here that happens at the next append, before
+        # anything could attend it, which is numerically the same.
+        limit = s.window + 1 if (s.unit == 1 and s.window > 0) else s.window
+        full = [b for b in range(batch) if s.buf_len[b] > limit]
         if full:
             self._flush(s, full)
 
@@ -382,74 +392,193 @@ class PackedKVLayer(CacheLayerMixin):
         return out
 
 
+#: ``layer_policy`` entries: what one layer's cache stores.
+QUANTIZED, WINDOW, FULL_PRECISION = "quantized", "full_precision_window", "full_precision"
+
+
+def _dense_layer_bytes(layer) -> tuple[int, int, int]:
+    """(bytes held, BF16-equivalent bytes, tokens held) of a transformers layer with dense K/V."""
+    keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+    if not getattr(layer, "is_initialized", False) or keys is None or keys.numel() == 0:
+        return 0, 0, 0
+    held = keys.numel() * keys.element_size() + values.numel() * values.element_size()
+    return held, 2 * (keys.numel() + values.numel()), keys.shape[-2]
+
+
+def _per_kind(kinds: list[str], policies: list[str], sizes: list[tuple[int, int, int]]) -> dict[str, dict]:
+    """memory_report's ``layers``: per layer kind, its storage policy, bytes, BF16 bytes, tokens held."""
+    out: dict[str, dict] = {}
+    for kind, policy, (held, bf16, tokens) in zip(kinds, policies, sizes, strict=True):
+        entry = out.setdefault(kind, {"layers": 0, "storage": policy, "bytes": 0, "bf16_equivalent_bytes": 0,
+                                      "tokens": 0})
+        entry["layers"] += 1
+        entry["bytes"] += held
+        entry["bf16_equivalent_bytes"] += bf16
+        entry["tokens"] = max(entry["tokens"], tokens)
+    return out
+
+
+def _report(method: str, components: dict[str, int], bf16: int, seq_len: int, layers: dict) -> dict[str, object]:
+    held = sum(components.values())
+    return {"method": method, "bytes": held, "components": components, "bf16_equivalent_bytes": bf16,
+            "compression": (bf16 / held) if held else None, "seq_len": seq_len, "layers": layers}
+
+
+def _check_packed_attention(module: torch.nn.Module, layer: PackedKVLayer, layer_idx: int,
+                            decode_handoff: bool) -> None:
+    """Raise unless this layer's attention runs through the packed-KV attention function.
+
+    The history lives only in the cache; any other attention function attends just the K/V that
+    ``update`` returns (the new tokens), silently. Two signs: the attention implementation the module
+    will dispatch on is not ``oscar_kv`` (e.g. ``model.config._attn_implementation`` changed after
+    ``make_cache``), or the previous hand-off to this module was never taken (an attention function
+    that is not ours ran in between) while the prompt is still uncommitted or it was a decode step's.
+    """
+    from oscar_core.attention import ATTN_NAME
+
+    impl = getattr(getattr(module, "config", None), "_attn_implementation", ATTN_NAME)
+    stale = module.__dict__.get("_oscar_kv_layer") is layer and (layer.has_pending_prompt or decode_handoff)
+    if impl == ATTN_NAME and not stale:
+        return
+    why = (f"its attention implementation is {impl!r}, not {ATTN_NAME!r}" if impl != ATTN_NAME else
+           "the previous step's keys/values were never taken by the packed-KV attention function")
+    raise RuntimeError(
+        f"oscar_core: layer {layer_idx} would attend without its packed KV history: {why}. The attention "
+        "implementation was probably changed after make_cache (e.g. model.config._attn_implementation); "
+        "another attention function sees only the new tokens. Call oscar_core.make_cache(model, ...) again "
+        "after changing it (it sets the implementation back) and start the generation over."
+    )
+
+
 class QuantizedKVCache(Cache):
-    """A transformers ``Cache`` of :class:`PackedKVLayer` for one method spec."""
+    """A transformers ``Cache`` of :class:`PackedKVLayer` for one method spec, under a per-layer policy.
+
+    ``layer_types`` (``oscar_core.model.FULL``/``SLIDING`` per layer; default all full): full-attention
+    layers are ``layer_cls`` (the packed layer, or the CUDA-kernel one). Sliding layers are transformers'
+    own ``DynamicSlidingWindowLayer`` (bounded, full precision, the model's dtype), or with
+    ``quantize_sliding=True`` reference packed layers (see :func:`make_cache`). ``layer_policy`` records
+    what each layer stores (:data:`QUANTIZED` or :data:`WINDOW`).
+    """
 
     def __init__(self, spec: MethodSpec, num_layers: int, attention_modules: dict[int, torch.nn.Module],
                  fake_quant: bool = False, head_shape: tuple[int, int] | None = None,
                  layer_states: list[dict] | None = None, layer_cls: type[PackedKVLayer] | None = None,
-                 **layer_kwargs):
+                 *, layer_types: list[str] | None = None, sliding_window: int | None = None,
+                 quantize_sliding: bool = False, **layer_kwargs):
+        from oscar_core.model import FULL, SLIDING
+
         shared = layer_states if layer_states is not None else [{} for _ in range(num_layers)]
         cls = layer_cls or PackedKVLayer
-        super().__init__(layers=[cls(spec, fake_quant, LayerState(i, shared[i]), **layer_kwargs)
-                                 for i in range(num_layers)])
+        kinds = list(layer_types) if layer_types is not None else [FULL] * num_layers
+        if len(kinds) != num_layers:
+            raise ValueError(f"layer_types has {len(kinds)} entries for {num_layers} layers")
+        if SLIDING in kinds and not sliding_window:
+            raise ValueError("sliding layers need sliding_window (the model's attention window)")
+        layers: list[CacheLayerMixin] = []
+        for i, kind in enumerate(kinds):
+            if kind == SLIDING and not quantize_sliding:
+                layers.append(DynamicSlidingWindowLayer(sliding_window=sliding_window))
+            elif kind == SLIDING:  # the reference layer: the window lives in the mask, which the kernel ignores
+                layers.append(PackedKVLayer(spec, fake_quant, LayerState(i, shared[i])))
+            else:
+                layers.append(cls(spec, fake_quant, LayerState(i, shared[i]), **layer_kwargs))
+        super().__init__(layers=layers)
         self.spec = spec
         self.fake_quant = fake_quant
         self._attention_modules = attention_modules
         self._head_shape = head_shape
+        #: per layer: its kind, and what its cache stores (provenance)
+        self.layer_types = kinds
+        self.layer_policy = [QUANTIZED if isinstance(layer, PackedKVLayer) else WINDOW for layer in layers]
+        self.sliding_window = sliding_window
+        self.quantize_sliding = quantize_sliding
+        self._decode_handoffs: set[int] = set()  # layers handed to attention for a step after the prompt
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
-        keys, values = super().update(key_states, value_states, layer_idx, *args, **kwargs)
         module = self._attention_modules.get(layer_idx)
+        layer = self.layers[layer_idx]
+        if module is not None and isinstance(layer, PackedKVLayer):
+            _check_packed_attention(module, layer, layer_idx, layer_idx in self._decode_handoffs)
+            # a hand-off after the prompt must be taken by attention before the next update; the prompt's
+            # may be committed without attention (filling a cache through update + commit_prompt)
+            if layer.total_len:
+                self._decode_handoffs.add(layer_idx)
+            else:
+                self._decode_handoffs.discard(layer_idx)
+        keys, values = super().update(key_states, value_states, layer_idx, *args, **kwargs)
         if module is not None:
             # Captured by the pre-hook of oscar_core.model when spec.observes_layer_input.
             hidden = module.__dict__.pop("_oscar_layer_input", None)
-            if hidden is not None and self.layers[layer_idx].has_pending_prompt:
-                self.layers[layer_idx].layer_input = hidden
+            if not isinstance(layer, PackedKVLayer):  # a transformers layer: plain SDPA with its own mask
+                module.__dict__.pop("_oscar_kv_layer", None)
+                return keys, values
+            if hidden is not None and layer.has_pending_prompt:
+                layer.layer_input = hidden
             # The registered attention function picks this up for the call that follows.
-            module._oscar_kv_layer = self.layers[layer_idx]
+            module._oscar_kv_layer = layer
         return keys, values
 
     def memory_report(self) -> dict[str, object]:
-        """Bytes actually held, per component, and the equivalent BF16 cache's bytes."""
+        """Bytes actually held, per component and per layer kind, and the equivalent BF16 cache's bytes.
+
+        Held bytes are the tensors' real sizes (the full-precision windows in the model's dtype). The BF16
+        equivalent is what transformers' default cache would hold for the same tokens at 2 bytes per
+        element: every real token of a full-attention layer, the last ``W - 1`` of a sliding layer (a
+        full-precision window layer: its own tensors, padding included, at 2 bytes).
+        """
+        from oscar_core.model import SLIDING, held_tokens
+
         components: dict[str, int] = {}
-        tokens = 0
-        bf16 = 0
-        for layer in self.layers:
+        sizes = []
+        for kind, layer in zip(self.layer_types, self.layers, strict=True):
+            if not isinstance(layer, PackedKVLayer):
+                size = _dense_layer_bytes(layer)
+                components["sliding_window_kv"] = components.get("sliding_window_kv", 0) + size[0]
+                sizes.append(size)
+                continue
+            held = 0
             for name, n in layer.memory_bytes().items():
                 components[name] = components.get(name, 0) + n
+                held += n
+            bf16 = tokens = 0
             if layer.pad and self._head_shape is not None:
                 heads, dim = self._head_shape
-                real = sum(layer.total_len - p for p in layer.pad)
-                tokens = max(tokens, layer.total_len)
-                bf16 += 2 * real * heads * dim * 2
-        held = sum(components.values())
-        return {
-            "method": self.spec.name,
-            "bytes": held,
-            "components": components,
-            "bf16_equivalent_bytes": bf16,
-            "compression": (bf16 / held) if held else None,
-            "seq_len": tokens,
-        }
+                lengths = [layer.total_len - p for p in layer.pad]
+                window = self.sliding_window if kind == SLIDING else None
+                bf16 = sum(held_tokens(kind, n, window, False) for n in lengths) * heads * dim * 2 * 2
+                tokens = max(lengths)
+            sizes.append((held, bf16, tokens))
+        seq_len = max((layer.get_seq_length() for layer in self.layers), default=0)
+        return _report(self.spec.name, components, sum(s[1] for s in sizes), seq_len,
+                       _per_kind(self.layer_types, self.layer_policy, sizes))
 
 
 class FullPrecisionCache(DynamicCache):
-    """transformers' own dynamic cache (the ``fp16`` method), plus :meth:`memory_report`."""
+    """transformers' own dynamic cache (the ``fp16`` method), plus :meth:`memory_report`.
+
+    Sliding layers are transformers' bounded windows, as in the default cache."""
 
     spec = get_method("fp16")
 
+    @property
+    def layer_types(self) -> list[str]:
+        from oscar_core.model import FULL, SLIDING
+
+        return [SLIDING if getattr(layer, "is_sliding", False) else FULL for layer in self.layers]
+
+    @property
+    def layer_policy(self) -> list[str]:
+        return [WINDOW if getattr(layer, "is_sliding", False) else FULL_PRECISION for layer in self.layers]
+
     def memory_report(self) -> dict[str, object]:
-        held = 0
-        for layer in self.layers:
-            if getattr(layer, "is_initialized", False) and layer.keys is not None:
-                held += layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
-        return {"method": "fp16", "bytes": held, "components": {"kv": held}, "bf16_equivalent_bytes": held,
-                "compression": 1.0 if held else None, "seq_len": self.get_seq_length()}
+        """As :meth:`QuantizedKVCache.memory_report`: real bytes in the model's dtype, BF16 at 2 bytes."""
+        sizes = [_dense_layer_bytes(layer) for layer in self.layers]
+        return _report("fp16", {"kv": sum(s[0] for s in sizes)}, sum(s[1] for s in sizes), self.get_seq_length(),
+                       _per_kind(self.layer_types, self.layer_policy, sizes))
 
 
 def make_cache(model: torch.nn.Module, method: str | MethodSpec = "oscar", fake_quant: bool = False,
-               kernels: str = "auto", **overrides):
+               kernels: str = "auto", quantize_sliding: bool = False, **overrides):
     """Prepare ``model`` for ``method`` (once; idempotent) and return a fresh transformers Cache.
 
     ``fake_quant=True`` stores dequantized tensors instead of packed codes (same numerics; for
@@ -459,24 +588,46 @@ def make_cache(model: torch.nn.Module, method: str | MethodSpec = "oscar", fake_
     the kernel when the model is on a GPU and the extension builds (else the reference path, with a
     one-line notice why); ``"on"`` requires that (error otherwise); ``"fallback"`` uses the kernel
     layout with the kernels' PyTorch fallbacks (any device; for checks); ``"off"`` the reference path.
+    The kernels serve full-attention layers only (they apply no window mask).
+
+    Hybrid models (sliding-window and full-attention layers, e.g. Gemma 2/3): by default the sliding
+    layers keep transformers' own ``DynamicSlidingWindowLayer`` (full precision, the model's dtype, the
+    last ``W - 1`` tokens: memory bounded) and only the full-attention layers are quantized.
+    ``quantize_sliding=True`` quantizes the sliding layers too, with the reference packed layer: it
+    keeps *every* token (quantized, never evicted), and transformers' sliding mask, applied by SDPA over
+    that whole timeline, restricts attention to the window. Memory then grows with the context like a
+    full layer (at long contexts more than the bounded BF16 window); it measures the quantization error
+    of the sliding layers. ``cache.layer_policy`` records what each layer stores. A model whose layers
+    all slide needs ``quantize_sliding=True`` (else nothing would be quantized).
     """
-    from oscar_core.model import prepare_model
+    from oscar_core.model import FULL, inspect_model, prepare_model
 
     if kernels not in ("auto", "on", "off", "fallback"):
         raise ValueError(f"kernels must be 'auto', 'on', 'off' or 'fallback', got {kernels!r}")
     spec = get_method(method, **overrides)
+    shape = inspect_model(model)  # model-dependent defaults (RotateKV's head group) made concrete: cache.spec
+    spec = spec.resolve_for_model(shape.num_kv_heads, shape.head_dim)
     info = prepare_model(model, spec)
     if not spec.quantizes:
         return FullPrecisionCache(config=info.text_config)
+    if FULL not in info.layer_types and not quantize_sliding:
+        raise MethodConfigError(
+            f"{spec.name}: every layer of {type(model).__name__} uses sliding-window attention, whose windows stay "
+            "in full precision by default; pass quantize_sliding=True to quantize them"
+        )
     layer_cls, layer_kwargs = None, {}
     if kernels != "off" and not fake_quant:
         from oscar_core.kernel_cache import kernel_layer_for
 
-        device = next(model.parameters()).device
+        # A model split over devices (device_map): the kernel layout when any attention layer is on a GPU;
+        # each layer lives on its key_states' device and runs the kernel there (a CPU layer falls back).
+        devices = [p.device for m in info.attention_modules.values() for p in m.parameters(recurse=True)]
+        device = next((d for d in devices if d.type == "cuda"), next(model.parameters()).device)
         layer_cls, layer_kwargs = kernel_layer_for(spec, info.head_dim, device, kernels)
     return QuantizedKVCache(spec, info.num_layers, info.attention_modules, fake_quant,
                             (info.num_kv_heads, info.head_dim), spec.init_layer_states(model, info),
-                            layer_cls, **layer_kwargs)
+                            layer_cls, layer_types=info.layer_types, sliding_window=info.sliding_window,
+                            quantize_sliding=quantize_sliding, **layer_kwargs)
 
 
 __all__ = ["FullPrecisionCache", "PackedKVLayer", "QuantizedKVCache", "make_cache"]

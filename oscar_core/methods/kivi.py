@@ -1,8 +1,13 @@
 """KIVI-2 (Liu et al., ICML 2024): per-channel keys, per-token values, float-minimum quantizer.
 
 Defaults follow the paper's common setting: ``b=2, G=32, R=128``, no clipping, and the original
-KIVI value policy ``value_flush="token"`` (a sliding full-precision window of the last R values; the
-oldest value is quantized as it leaves). Keys are flushed as whole R-token blocks.
+KIVI value policy ``value_flush="token"`` (a sliding full-precision window; the oldest value is
+quantized as it leaves). Keys are flushed as whole R-token blocks.
+
+Decode-step timing as official KIVI (``models/llama_kivi.py`` of jy-yuan/KIVI): a key block is
+attended in full precision on the step that fills it and quantized afterwards; a decode step attends
+the last ``R + 1`` values in full precision (the new one and the R kept after the prompt or the
+previous step), and the oldest of them is quantized after that step's attention.
 """
 
 from __future__ import annotations

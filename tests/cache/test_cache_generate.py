@@ -44,7 +44,9 @@ def test_packed_and_fake_quant_paths_give_identical_logits(arch, method):
     seq_p, logits_p = generate(model, x, packed, 30)  # flushes at 32 and 48 tokens
     seq_f, logits_f = generate(model, x, fake, 30)
     assert isinstance(packed, QuantizedKVCache)
-    assert torch.equal(logits_p, logits_f), f"{name}/{method}"
+    # packed codes attend through blockwise's folded scales, fake-quant through dense K/V: fp32 sums
+    # reordered (~1e-7 per attention), which can flip a later token's quantization code (~1e-5 in logits)
+    torch.testing.assert_close(logits_p, logits_f, atol=1e-4, rtol=0, msg=f"{name}/{method}")
     assert torch.equal(seq_p, seq_f)
     layer = packed.layers[0]
     assert layer.k.n_units == [(21 + 30 - 1) // 16]  # the last generated token is never cached
@@ -117,11 +119,11 @@ def test_blocks_are_flushed_whole_and_no_token_is_quantized_twice(prompt_len, me
         assert 1 <= layer.k.buf_len[0] <= R or cached < R
     assert sum(calls["k"]) == sum(layer.k.tokens_quantized for layer in cache.layers)
     assert sum(calls["v"]) == sum(layer.v.tokens_quantized for layer in cache.layers)
-    value_window = R if method == "kivi" else None  # KIVI's sliding window keeps the last R values
+    value_window = R + 1 if method == "kivi" else None  # KIVI's sliding window attends the last R + 1
     for layer in cache.layers:
         if value_window:
-            assert layer.v.buf_len[0] == min(cached, R)
-            assert layer.v.tokens_quantized == cached - min(cached, R)
+            assert layer.v.buf_len[0] == min(cached, value_window)
+            assert layer.v.tokens_quantized == cached - min(cached, value_window)
         else:
             assert layer.v.n_units == layer.k.n_units and layer.v.buf_len == layer.k.buf_len
 
@@ -238,7 +240,7 @@ def test_unsupported_layers_fail_at_make_cache():
         oc.make_cache(model, "oscar")
     model, _ = qwen3(use_sliding_window=True, sliding_window=16, max_window_layers=1,
                      layer_types=["full_attention", "sliding_attention"])
-    with pytest.raises(MethodConfigError, match="sliding-window"):
-        oc.make_cache(model, "kivi")
+    # sliding-window layers are supported now (tests/cache/test_hybrid.py): a window of their own
+    assert oc.make_cache(model, "kivi").layer_policy == ["quantized", "full_precision_window"]
     with pytest.raises(MethodConfigError, match="unknown method"):
         oc.make_cache(model, "nope")
