@@ -13,18 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from oscar_eval.errors import UserError
+
 # Never touch the network: set before transformers/huggingface_hub read their settings.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
-
-
-def _user_error(msg: str) -> Exception:
-    from oscar_eval.cli import UserError
-
-    return UserError(msg)
 
 
 def seed_everything(seed: int) -> None:
@@ -44,7 +40,7 @@ def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise _user_error(f"--device {device}: no CUDA device is available")
+        raise UserError(f"--device {device}: no CUDA device is available")
     return device
 
 
@@ -52,18 +48,25 @@ def resolve_dtype(dtype: str, device: str):
     import torch
 
     if dtype not in DTYPES:
-        raise _user_error(f"unknown --dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+        raise UserError(f"unknown --dtype {dtype!r} (choose from {', '.join(DTYPES)})")
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return getattr(torch, dtype)
 
 
 def resolve_model_path(model: str | Path) -> Path:
-    """A local folder, or a repo id already in the Hugging Face cache (never downloaded)."""
+    """A local folder, a .gguf file (or a folder holding one), the short name of an offline checkpoint
+    (oscar_eval.checkpoints: converted once into a folder), or a repo id already in the Hugging Face
+    cache (never downloaded)."""
+    from oscar_eval import checkpoints
+
+    converted = checkpoints.resolve(model)
+    if converted is not None:
+        return converted
     p = Path(model).expanduser()
     if p.is_dir():
         if not (p / "config.json").is_file():
-            raise _user_error(f"model folder {p} has no config.json")
+            raise UserError(f"model folder {p} has no config.json")
         return p.resolve()
     try:
         from huggingface_hub import snapshot_download
@@ -72,9 +75,11 @@ def resolve_model_path(model: str | Path) -> Path:
         return Path(snapshot_download(str(model), local_files_only=True,
                                       cache_dir=os.environ.get("HF_HUB_CACHE") or None))
     except Exception:  # noqa: BLE001 - any failure means "not available locally"
-        raise _user_error(
-            f"model {str(model)!r} is neither a folder nor in the local Hugging Face cache; download it "
-            f"first (e.g. `hf download {model}`) or pass its folder with --model") from None
+        known = ", ".join(checkpoints.CHECKPOINTS)
+        raise UserError(
+            f"model {str(model)!r} is not a folder, a .gguf file, a known offline checkpoint ({known}) nor in "
+            f"the local Hugging Face cache; download it first (e.g. `hf download {model}`) or pass its folder "
+            "with --model") from None
 
 
 @dataclass
@@ -102,13 +107,18 @@ class LoadedModel:
         return int(kv), int(head_dim)
 
 
-def load_model(model: str | Path, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+def load_model(model: str | Path, device: str = "auto", dtype: str = "auto",
+               device_map: str | dict | None = None) -> LoadedModel:
+    """``device_map`` (``"auto"``, ``"balanced"``, ... or a module -> device dict) spreads a model too
+    large for one GPU over several: each decoder layer, and its KV cache layer, on its own device."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(model)
     from oscar_eval.vision import is_vision_language, load_vision_model
 
     if is_vision_language(path):  # Qwen-VL, LLaVA(-NeXT): model + processor (OCRBench)
+        if device_map is not None:
+            raise UserError("--device-map: not supported for vision-language models yet (one device)")
         return load_vision_model(path, device=device, dtype=dtype)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
@@ -118,13 +128,20 @@ def load_model(model: str | Path, device: str = "auto", dtype: str = "auto") -> 
         from oscar_eval.audio import is_omni, load_omni_model
 
         if is_omni(AutoConfig.from_pretrained(path, local_files_only=True)):  # Qwen3-Omni (MMAU-Pro)
+            if device_map is not None:
+                raise UserError("--device-map: not supported for omni models yet (one device)")
             net = load_omni_model(path, device, torch_dtype)
         else:
-            net = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True,
-                                                       device_map=None if device == "cpu" else device)
+            net = AutoModelForCausalLM.from_pretrained(
+                path, dtype=torch_dtype, local_files_only=True,
+                device_map=device_map if device_map is not None else (None if device == "cpu" else device))
     except (OSError, ValueError) as exc:
-        raise _user_error(f"cannot load model from {path}: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"cannot load model from {path}: {str(exc).splitlines()[0]}") from None
     net.eval()
+    if device_map is not None:  # inputs go where the embeddings are (the first module of the map)
+        device = str(net.get_input_embeddings().weight.device)
+        if device == "meta":  # offloaded embeddings: accelerate's hooks bring them to the first GPU
+            device = "cuda:0" if device_map != "cpu" and resolve_device("auto") == "cuda" else "cpu"
     return LoadedModel(net, tokenizer, path, device, str(torch_dtype).removeprefix("torch."))
 
 
@@ -145,6 +162,9 @@ class Generation:
     truncated: bool
     new_tokens: int
     prompt_sha256: str
+    # Benchmarks that measure instead of generating (ppl): the runner's numbers, stored in the record and
+    # handed to the benchmark's score() in place of the prediction.
+    metrics: dict[str, Any] | None = None
 
 
 class ModelRunner(Protocol):
@@ -157,13 +177,13 @@ class TextRunner:
 
     def __init__(self, loaded: LoadedModel, max_input_len: int = 32768, chat_template: bool = False) -> None:
         if max_input_len < 2:
-            raise _user_error(f"--max-input-len must be at least 2, got {max_input_len}")
+            raise UserError(f"--max-input-len must be at least 2, got {max_input_len}")
         self.loaded = loaded
         self.max_input_len = max_input_len
         self.chat_template = chat_template
         tok = loaded.tokenizer
         if chat_template and not getattr(tok, "chat_template", None):
-            raise _user_error(f"--chat-template: the tokenizer of {loaded.path} has no chat template")
+            raise UserError(f"--chat-template: the tokenizer of {loaded.path} has no chat template")
         newline = tok.encode("\n", add_special_tokens=False)
         self._newline_id = newline[-1] if newline else None
 
@@ -230,4 +250,8 @@ def runner_for(kind: str, loaded: LoadedModel, **settings: Any) -> ModelRunner:
         from oscar_eval.audio import AudioRunner
 
         return AudioRunner(loaded, **settings)
-    raise _user_error(f"no model runner for {kind!r} inputs yet (only text benchmarks are implemented)")
+    if kind == "ppl":  # teacher forcing through the cache, no generation (oscar_eval.ppl_runner)
+        from oscar_eval.ppl_runner import PerplexityRunner
+
+        return PerplexityRunner(loaded, **settings)
+    raise UserError(f"no model runner for {kind!r} inputs yet (only text benchmarks are implemented)")

@@ -41,13 +41,22 @@ def model_revision(path: str | Path) -> str:
     if p.parent.name == "snapshots" and len(p.name) == 40:
         return p.name
     h = hashlib.sha256()
-    for name in ("config.json", "model.safetensors.index.json", "generation_config.json"):
+    # oscar_eval_source.json: two GGUF quantizations of one model convert to equal configs and sizes.
+    for name in ("config.json", "model.safetensors.index.json", "generation_config.json", "oscar_eval_source.json"):
         f = p / name
         if f.is_file():
             h.update(name.encode() + b"\0" + f.read_bytes())
     for f in sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")):
         h.update(f"{f.name}:{f.stat().st_size}".encode())
     return "sha256:" + h.hexdigest()
+
+
+def model_source(path: str | Path) -> dict | None:
+    """Where a model folder converted by oscar_eval.checkpoints came from (package, version, GGUF hash and
+    quantization, "gguf-dequantized"); None for an ordinary Hugging Face folder."""
+    from oscar_eval.checkpoints import model_source as _source
+
+    return _source(path)
 
 
 def environment() -> dict:

