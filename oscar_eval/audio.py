@@ -16,13 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from oscar_eval.errors import UserError
+
 SAMPLE_RATE = 16000
-
-
-def _user_error(msg: str) -> Exception:
-    from oscar_eval.cli import UserError
-
-    return UserError(msg)
 
 
 def _resample(x: np.ndarray, sr: int, target: int) -> np.ndarray:
@@ -145,7 +141,7 @@ class AudioTextProcessor:
             tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
             fe = AutoFeatureExtractor.from_pretrained(path, local_files_only=True)
         except Exception as exc:  # noqa: BLE001
-            raise _user_error(f"cannot load the processor of {path} ({why or 'no processor'}) nor its tokenizer "
+            raise UserError(f"cannot load the processor of {path} ({why or 'no processor'}) nor its tokenizer "
                               f"and feature extractor: {str(exc).splitlines()[0]}") from None
         template = getattr(tok, "chat_template", None)
         for name in ("chat_template.jinja", "chat_template.json"):
@@ -158,7 +154,7 @@ class AudioTextProcessor:
                     text = json.loads(text).get("chat_template")
                 template = text
         if template is None:
-            raise _user_error(f"{path}: no chat template (tokenizer_config.json or chat_template.json)")
+            raise UserError(f"{path}: no chat template (tokenizer_config.json or chat_template.json)")
         n_window = 50
         cfg = getattr(model, "config", None)
         for sub in ("thinker_config", "audio_config"):

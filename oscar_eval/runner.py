@@ -57,12 +57,16 @@ def evaluate_items(
             seed_everything(seed)
             try:
                 gen = generate(item)
-                raw = score(item, gen.prediction)
+                # A runner that measures (ppl) returns metrics; the benchmark scores those instead.
+                metrics = getattr(gen, "metrics", None)
+                raw = score(item, gen.prediction if metrics is None else metrics)
                 value = None if raw is None else float(raw)  # None: scored later (e.g. by a judge)
                 record = {**base, "status": "ok", "error": None, "prompt_sha256": gen.prompt_sha256,
                           "input_tokens": gen.input_tokens, "truncated": gen.truncated,
                           "prediction": gen.prediction, "references": item.references, "score": value,
                           "new_tokens": gen.new_tokens}
+                if metrics is not None:
+                    record["metrics"] = metrics
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as exc:  # noqa: BLE001 - one bad item must not stop the run

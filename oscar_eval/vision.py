@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from oscar_eval.errors import UserError
 from oscar_eval.models import (
     Generation,
     LoadedModel,
@@ -33,12 +34,6 @@ from oscar_eval.models import (
 
 QWEN_VL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 OCRBENCH_MIN_PIXEL_UNITS = 10 * 10  # VLMEvalKit: min_pixels = 10*10*32*32 for Qwen3-VL on OCRBench
-
-
-def _user_error(msg: str) -> Exception:
-    from oscar_eval.cli import UserError
-
-    return UserError(msg)
 
 
 @dataclass
@@ -130,7 +125,7 @@ def load_processor(path: Path, model_type: str) -> Any:
             ip = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
         return QwenVLProcessor(tok, ip, _chat_template_from(path, tok))
     why = f" ({str(error).splitlines()[0]})" if error else ""
-    raise _user_error(f"cannot build an image processor for {path}{why}")
+    raise UserError(f"cannot build an image processor for {path}{why}")
 
 
 VISION_LANGUAGE_TYPES = (*QWEN_VL_TYPES, "llava_next", "llava", "llava_onevision")
@@ -158,7 +153,7 @@ def load_vision_model(model: str | Path, device: str = "auto", dtype: str = "aut
         net = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype, local_files_only=True,
                                                           device_map=None if device == "cpu" else device)
     except (OSError, ValueError, KeyError) as exc:
-        raise _user_error(f"cannot load vision-language model from {path}: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"cannot load vision-language model from {path}: {str(exc).splitlines()[0]}") from None
     net.eval()
     return LoadedVisionModel(net, processor.tokenizer, path, device, str(torch_dtype).removeprefix("torch."),
                              processor=processor)
@@ -171,7 +166,7 @@ class VisionRunner:
                  **_: Any) -> None:
         processor = getattr(loaded, "processor", None)
         if processor is None:
-            raise _user_error(f"{loaded.path}: not loaded as a vision-language model (no processor)")
+            raise UserError(f"{loaded.path}: not loaded as a vision-language model (no processor)")
         self.loaded = loaded
         self.processor = processor
         self.max_input_len = max_input_len  # informative: OCRBench prompts are never truncated

@@ -11,19 +11,14 @@ import yaml
 
 from oscar_eval.benchmarks import tasks_dir
 from oscar_eval.benchmarks.base import Item, ItemError
+from oscar_eval.errors import UserError
 from oscar_eval.scoring import longbench as lb
-
-
-def _user_error(msg: str) -> Exception:
-    from oscar_eval.cli import UserError
-
-    return UserError(msg)
 
 
 def load_config(path: Path | None = None) -> dict:
     path = path or tasks_dir() / "longbench_e.yaml"
     if not path.is_file():
-        raise _user_error(f"task config {path} not found (set OSCAR_EVAL_TASKS to the tasks/ folder)")
+        raise UserError(f"task config {path} not found (set OSCAR_EVAL_TASKS to the tasks/ folder)")
     with open(path, encoding="utf-8") as f:
         return yaml.safe_load(f)
 
@@ -43,12 +38,12 @@ class LongBenchE:
         for s in subsets or known:
             key = s if s in self.config["subsets"] else f"{s}_e"
             if key not in self.config["subsets"]:
-                raise _user_error(f"unknown LongBench-E subset {s!r} (known: {', '.join(known)})")
+                raise UserError(f"unknown LongBench-E subset {s!r} (known: {', '.join(known)})")
             chosen.append(key)
         self._subsets = chosen
         self._files: dict[str, list[Path]] = {}
         if self.data_dir is not None and not self.data_dir.is_dir():
-            raise _user_error(f"data dir {self.data_dir} does not exist; {self.config['data']['hint']}")
+            raise UserError(f"data dir {self.data_dir} does not exist; {self.config['data']['hint']}")
 
     def subsets(self) -> list[str]:
         return list(self._subsets)
@@ -65,7 +60,7 @@ class LongBenchE:
         if subset in self._files:
             return self._files[subset]
         if self.data_dir is None:
-            raise _user_error("no --data-dir given for LongBench-E")
+            raise UserError("no --data-dir given for LongBench-E")
         found: list[Path] = []
         for root in self._roots():
             p = root / self.config["data"]["jsonl"].format(subset=subset)
@@ -82,35 +77,38 @@ class LongBenchE:
                 if found:
                     break
         if not found:
-            raise _user_error(
+            raise UserError(
                 f"no data for subset {subset!r} under {self.data_dir} (looked for {subset}.jsonl and "
                 f"{subset}.parquet / {subset}/*.parquet); {self.config['data']['hint']}")
         self._files[subset] = found
         return found
 
     # -- items ---------------------------------------------------------------------------------
-    def _rows(self, subset: str) -> Iterator[tuple[Path, int, dict]]:
-        """(file, 1-based line or row number, record) with malformed input reported by file:line."""
+    def _rows(self, subset: str) -> Iterator[tuple[Path, int, dict | str]]:
+        """(file, 1-based line or row number, record) in file order; a line that is not a JSON object
+        (malformed JSON, bytes that are not UTF-8) comes as the error message instead of a record."""
         for path in self.data_files(subset):
             if path.suffix == ".jsonl":
-                with open(path, encoding="utf-8") as f:
-                    for lineno, line in enumerate(f, 1):
-                        if not line.strip():
+                with open(path, "rb") as f:
+                    for lineno, raw in enumerate(f, 1):
+                        if not raw.strip():
                             continue
                         try:
-                            obj = json.loads(line)
+                            obj = json.loads(raw.decode("utf-8"))
+                        except UnicodeDecodeError as exc:
+                            yield path, lineno, f"{path}:{lineno}: not UTF-8 (byte {exc.start} of the line)"
+                            continue
                         except json.JSONDecodeError as exc:
-                            raise _user_error(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
-                        if not isinstance(obj, dict):
-                            raise _user_error(f"{path}:{lineno}: expected a JSON object")
-                        yield path, lineno, obj
+                            yield path, lineno, f"{path}:{lineno}: malformed JSON ({exc.msg})"
+                            continue
+                        yield path, lineno, obj if isinstance(obj, dict) else f"{path}:{lineno}: expected a JSON object"
             else:
                 import pyarrow.parquet as pq
 
                 try:
                     table = pq.read_table(path)
                 except Exception as exc:  # noqa: BLE001 - any pyarrow failure is a bad file
-                    raise _user_error(f"{path}: unreadable parquet ({exc})") from None
+                    raise UserError(f"{path}: unreadable parquet ({exc})") from None
                 for row, obj in enumerate(table.to_pylist(), 1):
                     if "input" not in obj and "question" in obj:
                         obj["input"] = obj["question"]
@@ -120,16 +118,16 @@ class LongBenchE:
         cfg = self.subset_config(subset)
         for key in ("context", "input", "answers", "length"):
             if key not in obj:
-                raise _user_error(f"{path}:{lineno}: record lacks field {key!r}")
+                raise UserError(f"{path}:{lineno}: record lacks field {key!r}")
         answers = obj["answers"]
         if isinstance(answers, str):
             answers = [answers]
         if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
-            raise _user_error(f"{path}:{lineno}: 'answers' must be a list of strings")
+            raise UserError(f"{path}:{lineno}: 'answers' must be a list of strings")
         try:
             length = int(obj["length"])
         except (TypeError, ValueError):
-            raise _user_error(f"{path}:{lineno}: 'length' must be an integer") from None
+            raise UserError(f"{path}:{lineno}: 'length' must be an integer") from None
         fields = dict(obj)
         fields["input"] = obj["input"] if obj["input"] is not None else ""
         fields["context"] = obj["context"] if obj["context"] is not None else ""
@@ -145,14 +143,22 @@ class LongBenchE:
         )
 
     def items(self, subset: str, limit: int | None = None) -> Iterator[Item | ItemError]:
+        """Items in file order; a bad record becomes an :class:`ItemError` naming file:line (the run goes on)."""
         seen: dict[str, str] = {}
         for index, (path, lineno, obj) in enumerate(self._rows(subset)):
             if limit is not None and index >= limit:
                 return
-            item = self._make_item(subset, index, path, lineno, obj)
-            if item.item_id in seen:  # ids key --resume: a duplicate would silently be skipped
-                raise _user_error(f"{path}:{lineno}: duplicate _id {obj.get('_id')!r} (first at {seen[item.item_id]})")
-            seen[item.item_id] = f"{path.name}:{lineno}"
+            where = f"{path.name}:{lineno}"
+            try:
+                if isinstance(obj, str):
+                    raise ValueError(obj)
+                item = self._make_item(subset, index, path, lineno, obj)
+                if item.item_id in seen:  # ids key --resume: a duplicate would silently be skipped
+                    raise ValueError(f"{path}:{lineno}: duplicate _id {obj.get('_id')!r} (first at {seen[item.item_id]})")
+            except Exception as exc:  # noqa: BLE001 - one bad record never stops the run
+                yield ItemError(item_id=f"{subset}/{where}", subset=subset, index=index, error=str(exc))
+                continue
+            seen[item.item_id] = where
             yield item
 
     # -- scoring -------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ Formats (``--data-dir`` is the folder that holds them):
 Item ids are ``ocrbench/<index>``. Subsets are the ten OCRBench categories (``--subsets`` also takes a
 group name, e.g. "Text Recognition", case-insensitively, with ``-``/``_`` for spaces). A malformed row
 (bad base64, an image that is not one, a dangling image reference, an answer that is not a literal list
-of strings, an unknown category) becomes a failed item whose error names the file and row; the run
+of strings, an unknown category, bytes that are not UTF-8, an image path outside ``--data-dir``, any
+other error while reading it) becomes a failed item whose error names the file and row; the run
 continues.
 
 Prompt: the image then the question, nothing else (VLMEvalKit's ``ImageBaseDataset.build_prompt``);
@@ -27,6 +28,7 @@ import binascii
 import csv
 import glob
 import io
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from oscar_eval.benchmarks.base import Item, ItemError
+from oscar_eval.errors import UserError
 from oscar_eval.scoring import ocrbench as ocr
 
 TSV_NAMES = ("OCRBench.tsv", "ocrbench.tsv")
@@ -44,12 +47,6 @@ HINT = ("download OCRBench (VLMEvalKit's OCRBench.tsv, or the Hugging Face datas
         "its data/test-*.parquet) and pass the folder that holds it with --data-dir")
 MAX_NEW_TOKENS = 128
 UNKNOWN_SUBSET = "(unknown category)"
-
-
-def _user_error(msg: str) -> Exception:
-    from oscar_eval.cli import UserError
-
-    return UserError(msg)
 
 
 class RowError(ValueError):
@@ -77,7 +74,7 @@ def _check_image(data: bytes) -> None:
     try:
         with Image.open(io.BytesIO(data)) as im:  # reads the header only
             im.size  # noqa: B018 - touch the header
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise RowError(f"image is not a readable image ({type(exc).__name__})") from None
 
 
@@ -116,6 +113,22 @@ def _short(text: str, n: int = 60) -> str:
     return repr(text if len(text) <= n else text[:n] + "...")
 
 
+def _undecodable(text: str) -> bool:
+    """Whether a field read with ``errors="surrogateescape"`` held bytes that are not UTF-8."""
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def confined(root: Path, rel: str | Path) -> Path:
+    """``rel`` (relative to ``root``, or absolute) as a path inside ``root``; a path that leaves it
+    (``..``, an absolute path elsewhere) is a :class:`RowError`. Lexical, so a data folder may hold
+    symbolic links (a Hugging Face snapshot does)."""
+    base = Path(os.path.abspath(root))
+    p = Path(os.path.normpath(base / rel))  # an absolute ``rel`` replaces ``base``
+    if p != base and base not in p.parents:
+        raise RowError(f"path {str(rel)!r} is outside the data folder {base}")
+    return p
+
+
 def _key(name: str) -> str:
     return re.sub(r"[\s_\-]+", " ", name.strip().lower())
 
@@ -147,9 +160,9 @@ class OCRBench:
         self._rows: list[_Row] | None = None
         if self.data_dir is not None:
             if self.data_dir.is_file():
-                raise _user_error(f"--data-dir {self.data_dir} is a file; pass the folder that holds it")
+                raise UserError(f"--data-dir {self.data_dir} is a file; pass the folder that holds it")
             if not self.data_dir.is_dir():
-                raise _user_error(f"data dir {self.data_dir} does not exist; {HINT}")
+                raise UserError(f"data dir {self.data_dir} does not exist; {HINT}")
 
     @classmethod
     def smoke_configuration(cls) -> dict:
@@ -178,7 +191,7 @@ class OCRBench:
         for s in subsets:
             cats = by_key.get(_key(s))
             if cats is None:
-                raise _user_error(f"unknown OCRBench subset {s!r} (categories: {', '.join(ocr.CATEGORIES)}; "
+                raise UserError(f"unknown OCRBench subset {s!r} (categories: {', '.join(ocr.CATEGORIES)}; "
                                   f"or a group: {', '.join(ocr.GROUPS)})")
             chosen += [c for c in cats if c not in chosen]
         return [c for c in ocr.CATEGORIES if c in chosen]
@@ -191,7 +204,7 @@ class OCRBench:
         if self._files is not None:
             return self._files
         if self.data_dir is None:
-            raise _user_error("no --data-dir given for OCRBench")
+            raise UserError("no --data-dir given for OCRBench")
         for name in TSV_NAMES:
             if (self.data_dir / name).is_file():
                 self._files = [self.data_dir / name]
@@ -201,7 +214,7 @@ class OCRBench:
             if hits:
                 self._files = [Path(h) for h in hits]
                 return self._files
-        raise _user_error(f"no OCRBench data under {self.data_dir} (looked for OCRBench.tsv and "
+        raise UserError(f"no OCRBench data under {self.data_dir} (looked for OCRBench.tsv and "
                           f"data/test-*.parquet / *.parquet); {HINT}")
 
     def data_files(self, subset: str) -> list[Path]:  # noqa: ARG002 - one file set serves all categories
@@ -222,21 +235,23 @@ class OCRBench:
     def _tsv_rows(self, path: Path) -> Iterator[_Row]:
         csv.field_size_limit(sys.maxsize)
         try:
-            f = open(path, encoding="utf-8", newline="")
+            # Bytes that are not UTF-8 become lone surrogates, so only their row fails (a strict decoder
+            # would lose the whole buffered chunk, many rows, at the first bad byte).
+            f = open(path, encoding="utf-8", errors="surrogateescape", newline="")
         except OSError as exc:
-            raise _user_error(f"{path}: cannot open ({exc.strerror})") from None
+            raise UserError(f"{path}: cannot open ({exc.strerror})") from None
         with f:
             reader = csv.reader(f, delimiter="\t")
             try:
                 header = next(reader)
             except StopIteration:
-                raise _user_error(f"{path}: empty file; {HINT}") from None
+                raise UserError(f"{path}: empty file; {HINT}") from None
             except (csv.Error, UnicodeDecodeError) as exc:
-                raise _user_error(f"{path}:1: unreadable header ({exc})") from None
+                raise UserError(f"{path}:1: unreadable header ({exc})") from None
             cols = {c.strip(): i for i, c in enumerate(header)}
             missing = [c for c in ("index", "image", "question", "answer", "category") if c not in cols]
             if missing:
-                raise _user_error(f"{path}:1: missing column(s) {', '.join(missing)} (found: {', '.join(header)})")
+                raise UserError(f"{path}:1: missing column(s) {', '.join(missing)} (found: {', '.join(header)})")
             raw: list[tuple[_Row, list[str] | None]] = []
             position = 0
             while True:
@@ -257,6 +272,12 @@ class OCRBench:
                 if len(fields) != len(header):
                     raw.append((_Row(position, where, f"row{line}", None,
                                      error=f"{where}: expected {len(header)} fields, found {len(fields)}"), None))
+                elif bad := [c for c, i in cols.items() if _undecodable(fields[i])]:
+                    index, cat = fields[cols["index"]].strip(), fields[cols["category"]].strip()
+                    raw.append((_Row(position, where, f"row{line}" if _undecodable(index) else index,
+                                     None if _undecodable(cat) else cat,
+                                     error=f"{where}: bytes that are not UTF-8 in column(s) {', '.join(bad)}"),
+                                None))
                 else:
                     cat = fields[cols["category"]].strip()
                     raw.append((_Row(position, where, fields[cols["index"]].strip(), cat), fields))
@@ -279,6 +300,8 @@ class OCRBench:
                                            EncodedImage(image, row.where), None)
             except RowError as exc:
                 row.error = f"{row.where}: {exc}"
+            except Exception as exc:  # noqa: BLE001 - one bad row never stops the benchmark
+                row.error = f"{row.where}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             yield row
 
     @staticmethod
@@ -304,12 +327,12 @@ class OCRBench:
             try:
                 table = pq.read_table(path)
             except Exception as exc:  # noqa: BLE001 - any pyarrow failure is a bad file
-                raise _user_error(f"{path}: unreadable parquet ({str(exc).splitlines()[0]})") from None
+                raise UserError(f"{path}: unreadable parquet ({str(exc).splitlines()[0]})") from None
             names = set(table.column_names)
             cat_col = "question_type" if "question_type" in names else "category"
             missing = [c for c in ("image", "question", "answer", cat_col) if c not in names]
             if missing:
-                raise _user_error(f"{path}: missing column(s) {', '.join(missing)} "
+                raise UserError(f"{path}: missing column(s) {', '.join(missing)} "
                                   f"(found: {', '.join(table.column_names)})")
             for row_no, obj in enumerate(table.to_pylist(), 1):
                 where = f"{path}:row {row_no}"
@@ -317,16 +340,18 @@ class OCRBench:
                 category = obj.get(cat_col)
                 row = _Row(position, where, index, category.strip() if isinstance(category, str) else category)
                 try:
-                    data = self._parquet_image(path, obj["image"])
+                    data = self._parquet_image(path, obj["image"], self.data_dir or path.parent)
                     row.item = self._make_item(row, obj["question"], obj["answer"], EncodedImage(data, where),
                                                obj.get("dataset"))
                 except RowError as exc:
                     row.error = f"{where}: {exc}"
+                except Exception as exc:  # noqa: BLE001 - one bad row never stops the benchmark
+                    row.error = f"{where}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 position += 1
                 yield row
 
     @staticmethod
-    def _parquet_image(path: Path, value: Any) -> bytes:
+    def _parquet_image(path: Path, value: Any, root: Path) -> bytes:
         if isinstance(value, dict):
             data, rel = value.get("bytes"), value.get("path")
         elif isinstance(value, bytes | bytearray):
@@ -336,7 +361,7 @@ class OCRBench:
         else:
             raise RowError("image is missing")
         if not data and rel:
-            p = Path(rel) if Path(rel).is_absolute() else path.parent / rel
+            p = confined(root, Path(rel) if Path(rel).is_absolute() else Path(os.path.abspath(path.parent / rel)))
             if not p.is_file():
                 raise RowError(f"image has no bytes and its path {rel!r} does not exist")
             data = p.read_bytes()

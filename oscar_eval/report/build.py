@@ -116,6 +116,19 @@ def failures_section(store: Store, refs: dict[str, str]) -> Section | None:
     return Section("failed", "Failed items", blocks=[table])
 
 
+def partial_section(store: Store, refs: dict[str, str]) -> Section | None:
+    """Runs that did not cover their whole data set: kept out of every table, listed here."""
+    runs = sorted((r for r in store.runs if r.partial), key=lambda r: int(refs[r.run_id][1:]))
+    if not runs:
+        return None
+    rows = [[refs[r.run_id], r.benchmark, r.model_label, r.method, r.coverage_text] for r in runs]
+    table = TextTable("partial-runs", "Partial runs (not in any table)",
+                      ["run", "benchmark", "model", "method", "coverage"], rows)
+    return Section("partial", "Partial runs", intro=["These runs did not cover their whole data set (a --limit, "
+                                                     "or subsets left out); their numbers are not shown."],
+                   blocks=[table])
+
+
 def provenance_section(store: Store, refs: dict[str, str], superseded: list[tuple[Run, Run]]) -> Section:
     runs = sorted(store.runs, key=lambda r: int(refs[r.run_id][1:]))
     rows, anchors = [], []
@@ -181,6 +194,8 @@ def build(store: Store, title: str, generated: str, aliases: dict[str, str] | No
         sections.append(benchmark_section(store, refs, benchmark, protocol, aliases, sid, stitle))
         superseded += select(store.runs, benchmark, protocol, aliases).superseded
     sections.append(efficiency_section(store, refs, problems))
+    if partial := partial_section(store, refs):
+        sections.append(partial)
     if failed := failures_section(store, refs):
         sections.append(failed)
     sections.append(provenance_section(store, refs, superseded))

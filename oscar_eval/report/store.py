@@ -78,6 +78,36 @@ class Run:
     def created(self) -> str:
         return text(self.manifest.get("created"))
 
+    @property
+    def coverage(self) -> dict[str, Any] | None:
+        """``{"done", "total", "missing_subsets", "complete"}`` (summary, else manifest), or None."""
+        for source in (self.summary or {}, self.manifest):
+            value = source.get("coverage")
+            if isinstance(value, dict) and num(value.get("done")) is not None and num(value.get("total")) is not None:
+                return value
+        return None
+
+    @property
+    def partial(self) -> bool:
+        """Whether the run did not cover its whole data set; runs without coverage (older stores) are
+        partial when they were limited (``settings.limit``)."""
+        cov = self.coverage
+        if cov is not None:
+            return cov.get("complete") is not True
+        settings = self.manifest.get("settings")
+        return isinstance(settings, dict) and settings.get("limit") is not None
+
+    @property
+    def coverage_text(self) -> str:
+        cov = self.coverage
+        if cov is None:
+            return "limited by --limit (coverage not recorded)" if self.partial else "—"
+        out = f"{int(num(cov['done']) or 0)} of {int(num(cov['total']) or 0)} items"
+        missing = cov.get("missing_subsets")
+        if isinstance(missing, list) and missing:
+            out += f"; subsets not run: {', '.join(text(m) for m in missing)}"
+        return out
+
 
 @dataclass
 class SpeedFile:
@@ -111,8 +141,10 @@ def _read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
 
 
 def _read_records(path: Path, run: Run, problems: list[str]) -> None:
-    """Count records and keep a small sample of failed items per subset."""
+    """Count items and keep a small sample of failed items per subset; an item's latest record counts
+    (a failed item retried by --resume has a newer record)."""
     per_subset: dict[str, int] = {}
+    latest: dict[str, dict] = {}
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -130,7 +162,11 @@ def _read_records(path: Path, run: Run, problems: list[str]) -> None:
             continue
         if not isinstance(rec, dict):
             continue
-        run.n_records += 1
+        key = text(rec.get("item_id"), f"(line {lineno})")
+        latest.pop(key, None)
+        latest[key] = rec
+    run.n_records = len(latest)
+    for rec in latest.values():
         if rec.get("status") != "failed":
             continue
         subset = text(rec.get("subset"), "?")
@@ -150,7 +186,8 @@ def load_store(root: str | Path, include_smoke: bool = False) -> Store:
     for run_dir in sorted(p for p in runs_dir.glob("*") if p.is_dir()):
         manifest_path, summary_path = run_dir / "manifest.json", run_dir / "summary.json"
         if not manifest_path.exists():
-            store.problems.append(f"{run_dir}: no manifest.json; run skipped")
+            if {f.name for f in run_dir.iterdir()} != {".lock"}:  # only a lock: a run stopped before it began
+                store.problems.append(f"{run_dir}: no manifest.json; run skipped")
             continue
         manifest = _read_json(manifest_path, store.problems)
         if manifest is None:

@@ -1,5 +1,8 @@
 """Accuracy tables: Table 1 (LongBench-E), Table 6 (OCRBench), Table 8 (MMAU-Pro), NIAH, others.
 
+Partial runs (a ``--limit``, subsets left out: ``Run.partial``) never fill a cell; the report lists
+them apart with their coverage.
+
 Which run fills a cell: runs are grouped by (benchmark, protocol, paper column or model label,
 method); when several runs share a cell (e.g. different settings), the newest ``created`` wins and
 the others are listed as superseded in the provenance section. Runs under a protocol other than
@@ -74,6 +77,8 @@ def select(runs: list[Run], benchmark: str, protocol: str, aliases: dict[str, st
     groups: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
         if run.benchmark != benchmark or run.protocol != protocol or run.summary is None:
+            continue
+        if run.partial:  # not the whole data set: listed apart (build.partial_section), never in a table
             continue
         column = match_model(run.model_label, pcols, aliases) or run.model_label
         groups.setdefault((column, run.method), []).append(run)

@@ -25,16 +25,18 @@ def test_missing_data_dir(capsys, tmp_path, smoke_model):
     assert code == 2 and str(tmp_path / "nowhere") in error_line(err)
 
 
-def test_malformed_jsonl_names_file_and_line(capsys, tmp_path, smoke_model):
+def test_malformed_jsonl_line_is_a_failed_record_and_the_run_goes_on(capsys, tmp_path, smoke_model):
     data = tmp_path / "data"
     data.mkdir()
     good = (SMOKE_DATA / "trec_e.jsonl").read_text().splitlines()
     (data / "trec_e.jsonl").write_text(good[0] + "\n" + good[1] + "\n" + good[2][:40] + "\n")
     code, _, err = run_cli(capsys, "run", "longbench", "--model", str(smoke_model), "--method", "fp16",
-                        "--data-dir", str(data), "--subsets", "trec_e", "--results", str(tmp_path / "res"))
-    line = error_line(err)
-    assert code == 2 and f"{data / 'trec_e.jsonl'}:3" in line
-    assert not (tmp_path / "res" / "runs").exists()  # rejected before any model work
+                           "--data-dir", str(data), "--subsets", "trec_e", "--results", str(tmp_path / "res"))
+    assert code == 1 and "1 item(s) failed" in err  # failures make the exit status non-zero
+    (run,) = (tmp_path / "res" / "runs").iterdir()
+    records = [json.loads(x) for x in (run / "records.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in records] == ["ok", "ok", "failed"]
+    assert f"{data / 'trec_e.jsonl'}:3" in records[2]["error"]
 
 
 def test_model_without_data_dir(capsys, tmp_path, smoke_model):

@@ -63,13 +63,29 @@ def test_limit(tmp_path):
     assert len(list(LongBenchE(data_dir=tmp_path, subsets=["qasper_e"]).items("qasper_e", limit=2))) == 2
 
 
-def test_malformed_jsonl_line_names_file_and_line(tmp_path):
+def _load(tmp_path):
+    return list(LongBenchE(data_dir=tmp_path, subsets=["qasper_e"]).items("qasper_e"))
+
+
+def test_malformed_jsonl_line_is_a_failed_item_naming_file_and_line(tmp_path):
     path = tmp_path / "qasper_e.jsonl"
-    path.write_text(json.dumps(_records()[0]) + "\n{not json\n", encoding="utf-8")
-    with pytest.raises(UserError) as err:
-        list(LongBenchE(data_dir=tmp_path, subsets=["qasper_e"]).items("qasper_e"))
-    msg = str(err.value)
-    assert f"{path}:2" in msg and "malformed JSON" in msg and "\n" not in msg
+    good = _records(n=3)
+    path.write_text(json.dumps(good[0]) + "\n{not json\n" + json.dumps(good[2]) + "\n", encoding="utf-8")
+    items = _load(tmp_path)
+    assert [type(i).__name__ for i in items] == ["Item", "ItemError", "Item"]  # the line after it still loads
+    bad = items[1]
+    assert bad.item_id == "qasper_e/qasper_e.jsonl:2" and f"{path}:2" in bad.error and "malformed JSON" in bad.error
+    assert "\n" not in bad.error
+
+
+def test_a_non_utf8_byte_fails_only_its_line(tmp_path):
+    path = tmp_path / "qasper_e.jsonl"
+    lines = [json.dumps(r).encode() for r in _records(n=3)]
+    lines[1] = lines[1].replace(b"context", b"cont\xffext", 1)
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    items = _load(tmp_path)
+    assert [type(i).__name__ for i in items] == ["Item", "ItemError", "Item"]
+    assert f"{path}:2" in items[1].error and "UTF-8" in items[1].error
 
 
 def test_missing_field_names_file_line_and_field(tmp_path):
@@ -77,8 +93,8 @@ def test_missing_field_names_file_line_and_field(tmp_path):
     del rec["answers"]
     path = tmp_path / "qasper_e.jsonl"
     _write_jsonl(path, [_records()[1], rec])
-    with pytest.raises(UserError, match=rf"{path}:2: record lacks field 'answers'"):
-        list(LongBenchE(data_dir=tmp_path, subsets=["qasper_e"]).items("qasper_e"))
+    items = _load(tmp_path)
+    assert f"{path}:2: record lacks field 'answers'" == items[1].error
 
 
 def test_missing_data_dir_and_missing_subset_file(tmp_path):
@@ -103,10 +119,11 @@ def test_summarize_ignores_failed_records(tmp_path):
     assert out["average"] == 50.0
 
 
-def test_duplicate_ids_are_rejected(tmp_path):
+def test_duplicate_id_is_a_failed_item(tmp_path):
     recs = _records(n=2)
     recs[1]["_id"] = recs[0]["_id"]
     path = tmp_path / "qasper_e.jsonl"
     _write_jsonl(path, recs)
-    with pytest.raises(UserError, match=rf"{path}:2: duplicate _id 'id0' \(first at qasper_e.jsonl:1\)"):
-        list(LongBenchE(data_dir=tmp_path, subsets=["qasper_e"]).items("qasper_e"))
+    first, dup = _load(tmp_path)
+    assert first.item_id == "qasper_e/id0" and dup.item_id == "qasper_e/qasper_e.jsonl:2"
+    assert dup.error == f"{path}:2: duplicate _id 'id0' (first at qasper_e.jsonl:1)"

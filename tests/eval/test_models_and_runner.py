@@ -86,11 +86,12 @@ def test_failed_item_is_recorded_and_the_run_continues(tmp_path):
     assert stats.done == 3 and stats.failed == 1
     assert [r["status"] for r in recs] == ["ok", "failed", "ok"]
     assert recs[1]["error"] == "RuntimeError: CUDA out of memory" and recs[1]["score"] is None
-    # resume skips what is recorded (failed items included: they are results too)
+    # resume skips the items recorded ok and tries the failed one again (a new record: latest wins)
     store.open(resume=True)
     stats = evaluate_items(items, store, generate, lambda it, p: 1.0, seed=42, done_ids=store.done_ids())
     store.close()
-    assert stats.skipped == 3 and len(store.records()) == 3
+    assert stats.skipped == 2 and stats.done == 1 and len(store.records()) == 4
+    assert len(store.latest_records()) == 3 and store.failed_ids() == {"qasper_e/1"}
 
 
 def test_model_from_local_hf_cache_and_its_revision(tmp_path, smoke_model, monkeypatch):

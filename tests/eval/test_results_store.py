@@ -97,3 +97,63 @@ def test_manifest_summary_and_listing(tmp_path):
     assert json.loads(store.summary_path.read_text()) == s
     assert store.read_manifest()["schema"] == 1
     assert [r.run_id for r in list_runs(tmp_path)] == ["run-f"]
+
+
+def test_latest_record_of_an_item_wins(tmp_path):
+    store = RunStore(tmp_path, "run-g")
+    store.write_manifest({"benchmark": "x", "coverage": {"total": 3, "missing_subsets": []}})
+    store.open(resume=False)
+    store.append({**_rec(0), "status": "failed", "error": "RuntimeError: oom", "score": None})
+    store.append(_rec(1))
+    store.append({**_rec(0), "score": 1.0})  # the retry
+    store.close()
+    assert len(store.records()) == 3  # append-only
+    assert [r["item_id"] for r in store.latest_records()] == ["qasper_e/1", "qasper_e/0"]
+    assert store.done_ids() == {"qasper_e/0", "qasper_e/1"} and store.failed_ids() == set()
+    s = store.recompute_summary(lambda recs: {"scores": sorted(r["score"] for r in recs)})
+    assert s["n_items"] == 2 and s["n_failed"] == 0 and s["scores"] == [0.5, 1.0]
+    assert s["coverage"] == {"done": 2, "total": 3, "fraction": 2 / 3, "missing_subsets": [], "complete": False}
+
+
+def test_failed_items_are_not_done(tmp_path):
+    store = RunStore(tmp_path, "run-h")
+    store.open(resume=False)
+    store.append({**_rec(0), "status": "failed", "error": "E: x", "score": None})
+    store.close()
+    assert store.done_ids() == set() and store.failed_ids() == {"qasper_e/0"}
+
+
+def test_one_writer_per_run(tmp_path):
+    from oscar_eval.results import RunLocked
+
+    a, b = RunStore(tmp_path, "run-i"), RunStore(tmp_path, "run-i")
+    a.lock()
+    with pytest.raises(RunLocked, match=r"run-i is being written by process \d+"):
+        b.lock()
+    a.unlock()
+    b.lock()  # free again once released
+    b.unlock()
+
+
+def test_corrupt_manifest_names_file_and_line(tmp_path):
+    from oscar_eval.results import StoreError
+
+    store = RunStore(tmp_path, "run-j")
+    store.dir.mkdir(parents=True)
+    store.manifest_path.write_text('{\n  "a": 1,\n  oops\n}')
+    with pytest.raises(StoreError, match=r"manifest.json:3: not valid JSON"):
+        store.read_manifest()
+    store.manifest_path.write_text("[1]")
+    with pytest.raises(StoreError, match=r"manifest.json:1: expected a JSON object"):
+        store.read_manifest()
+
+
+def test_a_non_utf8_middle_record_is_corrupt(tmp_path):
+    from oscar_eval.results import StoreError
+
+    store = RunStore(tmp_path, "run-k")
+    store.dir.mkdir(parents=True)
+    store.records_path.write_bytes(json.dumps(_rec(0)).encode() + b'\n{"item_id": "\xff"}\n'
+                                   + json.dumps(_rec(1)).encode() + b"\n")
+    with pytest.raises(StoreError, match=r"records.jsonl:2: corrupt record"):
+        store.records()
