@@ -14,6 +14,11 @@ then hands over to lm-eval's own command line):
         --model_args pretrained=/models/llama,method=kivi,cache_bits=2 \
         --include_path /tmp/oscar_tasks --tasks oscar_longbench_e
 
+lm-eval builds ``oscar-hf`` from ``--model_args`` like ``hf`` (``pretrained`` is a path, never a built
+model), so HFLM's own data parallelism applies: under ``accelerate launch -m oscar_eval.adapters.lm_eval
+--model oscar-hf ...`` each process takes ``cuda:<local rank>`` and its share of the requests, and each
+generation gets a fresh cache on that process's model.
+
 Numbers from this path follow lm-eval's protocol (its prompts, left truncation, no length buckets)
 and are labelled "lm-eval protocol"; they are never mixed with the paper-protocol runs.
 """
@@ -25,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from oscar_eval.errors import UserError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -95,7 +102,6 @@ def write_longbench_e_tasks(data_dir: str | Path, out_dir: str | Path,
     subset that has data under ``data_dir`` is written.
     """
     from oscar_eval.benchmarks.longbench_e import LongBenchE
-    from oscar_eval.cli import UserError
 
     bench = LongBenchE(data_dir=data_dir, subsets=subsets)
     found: dict[str, list[str]] = {}
@@ -158,7 +164,6 @@ def main(argv: list[str] | None = None) -> None:
     if args[:1] == ["write-tasks"]:
         if len(args) < 3:
             sys.exit("usage: python -m oscar_eval.adapters.lm_eval write-tasks DATA_DIR OUT_DIR [SUBSET ...]")
-        from oscar_eval.cli import UserError
 
         try:
             out = write_longbench_e_tasks(args[1], args[2], subsets=args[3:] or None)

@@ -67,3 +67,22 @@ def test_cache_overrides_from_model_args(smoke_model):
     lm = OscarHFLM(pretrained=str(smoke_model), method="kivi", cache_group_size="64", cache_residual_length=128,
                    device="cpu")
     assert lm.oscar_spec.group_size == 64 and lm.oscar_overrides == {"group_size": 64, "residual_length": 128}
+
+
+def test_lm_eval_builds_oscar_hf_from_model_args_like_hf(smoke_model):
+    """The path `lm_eval --model oscar-hf --model_args ...` takes: the registry's class, built from the
+    argument string, is an HFLM that loaded the model itself (what makes accelerate's data parallelism
+    apply), with the method and its overrides from the same string."""
+    from lm_eval.api.registry import get_model
+    from lm_eval.models.huggingface import HFLM
+
+    import oscar_eval.adapters.lm_eval as ad
+
+    cls = get_model(ad.MODEL_NAME)
+    assert cls is ad.OscarHFLM and issubclass(cls, HFLM)
+    lm = cls.create_from_arg_string(f"pretrained={smoke_model},method=oscar,cache_residual_length=64",
+                                    {"device": "cpu", "batch_size": 1})
+    assert lm.oscar_method == "oscar" and lm.oscar_overrides == {"residual_length": 64}
+    assert lm.oscar_spec.residual_length == 64
+    assert (lm.rank, lm.world_size) == (0, 1) and str(lm.device) == "cpu"
+    assert type(lm.model).__name__ == "LlamaForCausalLM"  # loaded by HFLM, not handed in
