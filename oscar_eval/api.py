@@ -11,6 +11,7 @@ With neither ``model`` nor ``data_dir`` it runs the built-in smoke configuration
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,27 +21,83 @@ from typing import Any
 import yaml
 
 from oscar_eval import models as _models  # noqa: F401 - sets the offline environment first
-from oscar_eval.cli import UserError
+from oscar_eval.errors import UserError
 
 PROTOCOL = "paper"
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def parse_overrides(pairs: Sequence[str] | None) -> dict[str, Any]:
-    """``["bits=3", "oscar.group_size=64"]`` -> ``{"bits": 3, "oscar.group_size": 64}`` (YAML-typed)."""
+    """``["bits=3", "oscar.group_size=64"]`` -> ``{"bits": 3, "oscar.group_size": 64}`` (YAML-typed).
+
+    ``true``/``false`` are bools, ``3`` an int, ``3.0`` and ``1e-3`` floats, anything else a string; the
+    method spec then checks each value's type. A key given twice is an error (no silent last-wins).
+    """
     out: dict[str, Any] = {}
+    given: dict[str, str] = {}
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise UserError(f"--set {pair!r}: expected key=value")
+        if key in given:
+            raise UserError(f"--set {key} is given twice ({given[key]} and {pair})")
+        given[key] = pair
         try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+            parsed = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError:
-            out[key.strip()] = value
+            parsed = value
+        if isinstance(parsed, str) and _NUMBER.fullmatch(parsed.strip()):  # YAML 1.1 reads 1e-3 as a string
+            parsed = float(parsed)
+        out[key] = parsed
     return out
 
 
-def overrides_for(method: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Plain keys apply to every method; ``method.key`` only to that method."""
+def check_overrides(methods: Sequence[str], overrides: Mapping[str, Any]) -> None:
+    """Every ``--set`` key must reach a parameter: ``method.key`` names a method of this run that has
+    ``key``; a plain key is a parameter of every method of the run (it applies to all of them)."""
+    import oscar_core as oc
+    from oscar_core.methods import MethodConfigError
+
+    run = {m.lower(): m for m in methods}
+    known: dict[str, set[str]] = {}
+    for low, m in run.items():
+        try:
+            known[low] = set(oc.get_method(m).to_dict()["params"])
+        except MethodConfigError:  # an unknown method: method_spec names it
+            continue
+    names = ", ".join(methods)
+    for key in overrides:
+        prefix, dot, param = key.partition(".")
+        if not dot:
+            prefix, param = "", key
+        elif not prefix or not param:
+            raise UserError(f"--set {key}: expected key or method.key")
+        if prefix:
+            if prefix.lower() not in run:
+                raise UserError(f"--set {key}: unknown method prefix {prefix!r} (methods in this run: {names})")
+            targets = [prefix.lower()]
+        else:
+            targets = list(run)
+        lacking = [t for t in targets if t in known and param not in known[t]]
+        if lacking and len(lacking) == len(targets):
+            where = "; ".join(f"{run[t]} has {', '.join(sorted(known[t]))}" for t in lacking)
+            scope = f"method {run[targets[0]]!r}" if prefix else f"every method of this run ({names})"
+            raise UserError(f"--set {key}: unknown parameter {param!r} for {scope} ({where})")
+        if lacking:
+            raise UserError(f"--set {key}: {param!r} is not a parameter of {', '.join(run[t] for t in lacking)}, "
+                            f"and a plain key applies to every method of the run; use METHOD.{param}=... "
+                            "to set it for one method")
+
+
+def overrides_for(method: str, overrides: Mapping[str, Any], methods: Sequence[str] | None = None
+                  ) -> dict[str, Any]:
+    """Plain keys apply to every method; ``method.key`` only to that method. With ``methods`` (all the
+    methods of the run), every key is checked first (:func:`check_overrides`)."""
+    if methods is not None:
+        check_overrides(methods, overrides)
     out = {k: v for k, v in overrides.items() if "." not in k}
     prefix = method.lower() + "."
     out.update({k[len(prefix):]: v for k, v in overrides.items() if k.lower().startswith(prefix)})
@@ -57,7 +114,9 @@ def method_spec(name: str, overrides: Mapping[str, Any]):
     try:
         return oc.get_method(name, **overrides)
     except (ValueError, TypeError) as exc:
-        raise UserError(f"method {name!r}: {str(exc).splitlines()[0]}") from None
+        msg = str(exc).splitlines()[0]
+        own = name.lower() + ": "
+        raise UserError(f"method {name!r}: {msg[len(own):] if msg.lower().startswith(own) else msg}") from None
 
 
 def _spec_params(spec: Any) -> dict[str, Any]:
@@ -65,9 +124,12 @@ def _spec_params(spec: Any) -> dict[str, Any]:
     return dict(d.get("params", d))
 
 
-def _bits_per_element(spec: Any, seq_len: int, kv_shape: tuple[int, int]) -> float | None:
+def _bits_per_element(spec: Any, seq_len: int, model: Any) -> float | None:
+    """Bits per cached element of the whole model under make_cache's per-layer policy (sliding windows)."""
+    import oscar_core as oc
+
     try:
-        return float(spec.bits_per_element(seq_len=seq_len, num_kv_heads=kv_shape[0], head_dim=kv_shape[1]))
+        return float(oc.bits_per_element_for_model(spec, model, seq_len))
     except Exception:  # noqa: BLE001 - accounting is informative, never fatal
         return None
 
@@ -84,6 +146,7 @@ def run_benchmark(
     results: str | Path = "results",
     resume: bool = False,
     overwrite: bool = False,
+    retry_failed: bool = False,
     device: str = "auto",
     dtype: str = "auto",
     chat_template: bool = False,
@@ -93,9 +156,18 @@ def run_benchmark(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     benchmark_options: Mapping[str, Any] | None = None,
+    device_map: str | None = None,
+    shard: Any = None,
 ) -> list[dict]:
-    """Evaluate ``benchmark`` for each method; returns one summary per method (also on disk)."""
-    from oscar_eval import provenance, smoke
+    """Evaluate ``benchmark`` for each method; returns one summary per method (also on disk).
+
+    ``resume`` runs the items without an ok record (failed ones again); ``retry_failed`` (implies
+    ``resume``) only the items whose latest record failed. ``device_map`` (e.g. ``"auto"``) spreads
+    the model's layers over the visible GPUs (transformers' ``from_pretrained(device_map=...)``).
+    ``shard`` (:class:`oscar_eval.sharding.Shard`; default: from the launcher's environment, e.g.
+    torchrun's RANK/WORLD_SIZE) makes this process evaluate its shard of the items; the last shard to
+    finish merges them (docs/results.md, "Sharded runs")."""
+    from oscar_eval import provenance, sharding, smoke
     from oscar_eval.benchmarks import get_benchmark
 
     def say(msg: str) -> None:
@@ -109,9 +181,19 @@ def run_benchmark(
     if not methods:
         raise UserError("no --method given")
     overrides = dict(overrides or {})
+    resume = resume or retry_failed
+    shard = sharding.detect() if shard is None else shard
+    if device_map is not None and shard.sharded and device in ("auto", "cuda"):
+        raise UserError("--device-map with a sharded launch: every rank would spread over every GPU; give each "
+                        "rank its own GPUs (CUDA_VISIBLE_DEVICES) and --device cuda, or run one process")
+    device = sharding.bind_device(device, shard)
+    requested_subsets = subsets
     bench_options = dict(benchmark_options or {})
     if data_dir is None and bench_options.get("haystack"):  # NIAH --haystack FILE: its folder is the data dir
         data_dir = Path(bench_options["haystack"]).expanduser().resolve().parent
+    default_data = _smoke_hook(benchmark, "default_data")
+    if data_dir is None and default_data is not None:  # a benchmark that finds its own data (ppl: --text)
+        data_dir, bench_options = default_data(bench_options, model)
     is_smoke = model is None and data_dir is None
     bench_smoke = _smoke_hook(benchmark) if is_smoke else None
     if bench_smoke is not None:  # a benchmark with its own smoke configuration (e.g. NIAH)
@@ -139,7 +221,7 @@ def run_benchmark(
     max_input_len = int(max_input_len or gen_cfg.get("max_input_len", 32768))
 
     # Validate everything cheap before loading any weights: methods, overrides, data files.
-    specs = [(m, method_spec(m, overrides_for(m, overrides))) for m in methods]
+    specs = [(m, method_spec(m, overrides_for(m, overrides, methods))) for m in methods]
     if hasattr(bench, "use_tokenizer"):  # prompts sized in the model's own tokens (NIAH)
         from oscar_eval.models import resolve_model_path
 
@@ -156,6 +238,13 @@ def run_benchmark(
         model_path = (cfg.get("model_path") if bench_smoke is not None else None) or smoke.smoke_model_path
         model_path = model_path()
     env = provenance.environment()
+    mine = sharding.shard_items(items, shard)
+    prepared = _prepare_runs(benchmark, bench, specs, items, data_files, model_path, model_label,
+                             requested_subsets, bench_options, is_smoke, results, max_input_len,
+                             chat_template, seed, limit, device, dtype, resume, overwrite, retry_failed,
+                             shard=shard, shard_items=mine, device_map=device_map)
+    if shard.sharded:
+        say(f"shard {shard.tag} ({shard.source}): items {len(mine)} of {len(items)} on {device}")
     import torch
 
     threads = torch.get_num_threads()
@@ -166,15 +255,60 @@ def run_benchmark(
                      model_path=model_path, is_smoke=is_smoke, env=env, results=Path(results), resume=resume,
                      overwrite=overwrite, device=device, dtype=dtype, chat_template=bool(chat_template),
                      model_label=model_label, overrides=overrides, seed=seed, progress=progress,
-                     max_input_len=max_input_len, limit=limit, say=say)
-        return [_run_method(plan, name, spec, reload=i > 0) for i, (name, spec) in enumerate(specs)]
+                     max_input_len=max_input_len, limit=limit, say=say, shard=shard, shard_items=mine,
+                     device_map=device_map,
+                     benchmark_args={"name": benchmark, "data_dir": str(Path(data_dir).resolve()),
+                                     "subsets": list(bench.subsets()),
+                                     "options": {k: (str(v) if isinstance(v, Path) else v)
+                                                 for k, v in bench_options.items()}})
+        return [_run_method(plan, run, reload=i > 0) for i, run in enumerate(prepared)]
     finally:
         torch.set_num_threads(threads)
+        for run in prepared:
+            run.store.unlock()
 
 
-def _smoke_hook(benchmark: str) -> Callable[[], dict] | None:
+def _settings(bench: Any, max_input_len: int, chat_template: bool, seed: int) -> dict:
+    return {"max_input_len": max_input_len, "chat_template": bool(chat_template), "seed": seed,
+            "greedy": True, "batch_size": 1, "protocol": PROTOCOL, **getattr(bench, "settings", {})}
+
+
+def _prepare_runs(benchmark, bench, specs, items, data_files, model_path, model_label, requested_subsets,
+                  bench_options, is_smoke, results, max_input_len, chat_template, seed, limit, device,
+                  dtype, resume, overwrite, retry_failed, shard=None, shard_items=None, device_map=None) -> list:
+    """Before any weights load: every method's run id (static configuration), lock, existing-run checks."""
+    from oscar_eval import provenance, run_setup
+    from oscar_eval.benchmarks import get_benchmark
+    from oscar_eval.models import resolve_device, resolve_dtype, resolve_model_path
+    from oscar_eval.run_identity import device_identity
+
+    path = resolve_model_path(model_path)
+    dev = resolve_device(device)
+    if requested_subsets is None:  # the default selection is the whole data set
+        default_subsets = list(bench.subsets())
+    elif is_smoke and bench.name == "longbench_e":
+        from oscar_eval import smoke
+
+        default_subsets = sorted(p.stem for p in smoke.SMOKE_DATA.glob("*.jsonl"))
+    else:
+        default_subsets = get_benchmark(benchmark, data_dir=getattr(bench, "data_dir", None),
+                                        **bench_options).subsets()
+    target = run_setup.coverage_target(bench, items, limit, default_subsets)
+    prepared = run_setup.prepare(
+        bench=bench, specs=specs, items=items, results=Path(results), label=model_label or path.name,
+        settings=_settings(bench, max_input_len, chat_template, seed), limit=limit, data_files=data_files,
+        revision=provenance.model_revision(path), dtype=str(resolve_dtype(dtype, dev)).removeprefix("torch."),
+        device=device_identity(dev), params_of=_spec_params, resume=resume, overwrite=overwrite,
+        retry_failed=retry_failed, shard=shard, shard_items=shard_items, device_map=device_map)
+    for run in prepared:
+        run.coverage_target = target
+    return prepared
+
+
+def _smoke_hook(benchmark: str, attr: str = "smoke_configuration") -> Callable[..., Any] | None:
     """A benchmark class's own ``smoke_configuration()`` (dict: description, data_dir, max_input_len,
-    options), or None for the default (LongBench-E fixture) smoke configuration."""
+    options), or None for the default (LongBench-E fixture) smoke configuration. ``attr="default_data"``:
+    its ``default_data(options, model) -> (data_dir or None, options)`` for runs without --data-dir."""
     import importlib
 
     from oscar_eval.benchmarks import ALIASES, BENCHMARKS
@@ -182,7 +316,7 @@ def _smoke_hook(benchmark: str) -> Callable[[], dict] | None:
     module, cls, _, status = BENCHMARKS.get(ALIASES.get(benchmark, benchmark), ("", "", "", ""))
     if status != "available" or not module:
         return None
-    return getattr(getattr(importlib.import_module(module), cls), "smoke_configuration", None)
+    return getattr(getattr(importlib.import_module(module), cls), attr, None)
 
 
 @dataclass
@@ -209,26 +343,34 @@ class _Plan:
     max_input_len: int
     limit: int | None
     say: Callable[[str], None]
+    shard: Any = None
+    shard_items: list | None = None  # this process's items (all of them without a launch)
+    device_map: str | None = None
+    benchmark_args: dict | None = None  # how `oscar-eval merge` rebuilds the benchmark (for summarize)
     loaded: Any = None
 
 
-def _check_method_on_model(model: Any, name: str, overrides: dict) -> None:
+def _check_method_on_model(model: Any, name: str, overrides: dict) -> Any:
     """Build the method's cache once before any item: a method that cannot run on this model (rotatekv
-    without a calibration, an unsupported head layout) is one clear error, not a failed record per item."""
+    without a calibration, an unsupported head layout) is one clear error, not a failed record per item.
+    Returns that cache: its ``spec`` is resolved for the model (e.g. RotateKV's head group), for
+    provenance, and it tells the decode path the run takes."""
     import oscar_core as oc
     from oscar_core.methods import MethodConfigError
 
     try:
-        oc.make_cache(model, name, **overrides)
+        return oc.make_cache(model, name, **overrides)
     except (MethodConfigError, ValueError) as exc:
         raise UserError(f"method {name!r} on this model: {str(exc).splitlines()[0]}") from None
 
 
-def _run_method(plan: _Plan, name: str, spec: Any, reload: bool) -> dict:
-    from oscar_eval import provenance
+def _run_method(plan: _Plan, run: Any, reload: bool) -> dict:
+    from oscar_eval import provenance, run_identity, run_setup
     from oscar_eval.models import load_model, runner_for
-    from oscar_eval.results import RunStore, make_run_id
+    from oscar_eval.results import coverage
     from oscar_eval.runner import evaluate_items
+
+    name, spec, store = run.name, run.spec, run.store
 
     # Reload for every method after the first: a method may rewrite weights (fused rotations).
     if plan.loaded is None or reload:
@@ -241,54 +383,59 @@ def _run_method(plan: _Plan, name: str, spec: Any, reload: bool) -> dict:
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        plan.loaded = load_model(plan.model_path, device=plan.device, dtype=plan.dtype)
+        plan.loaded = load_model(plan.model_path, device=plan.device, dtype=plan.dtype, device_map=plan.device_map)
     loaded = plan.loaded
     bench, items, data_files, data_dir = plan.bench, plan.items, plan.data_files, plan.data_dir
-    is_smoke, env, results, resume, overwrite = plan.is_smoke, plan.env, plan.results, plan.resume, plan.overwrite
+    is_smoke, env, resume = plan.is_smoke, plan.env, plan.resume
     chat_template, model_label, overrides, seed = plan.chat_template, plan.model_label, plan.overrides, plan.seed
     progress, max_input_len, limit, say = plan.progress, plan.max_input_len, plan.limit, plan.say
     label = model_label or loaded.path.name
-    revision = provenance.model_revision(loaded.path)
-    params = _spec_params(spec)
-    settings = {"max_input_len": max_input_len, "chat_template": bool(chat_template), "seed": seed,
-                "greedy": True, "batch_size": 1, "protocol": PROTOCOL, **getattr(bench, "settings", {})}
-    run_id = make_run_id(bench.name, label, spec.name, {
-        "settings": settings, "model": revision, "dtype": loaded.dtype, "method": params})
-    store = RunStore(results, run_id)
-    old_manifest = store.read_manifest() if store.manifest_path.exists() else None
-    n_old = len(store.records())
-    if n_old and not resume and not overwrite:
-        raise UserError(f"results for {run_id} already exist ({n_old} records in {store.dir}); "
-                        "pass --resume to continue or --overwrite to start over")
-    if resume and old_manifest:
-        for fname, digest in data_files.items():
-            before = old_manifest.get("data", {}).get("files", {}).get(fname)
-            if before and before != digest:
-                raise UserError(f"data file {fname} changed since run {run_id} started; "
-                                "rerun with --overwrite")
+    revision = run.config["model"]["revision"]
+    settings = run.config["settings"]
+    if loaded.dtype != run.config["model"]["dtype"]:  # the run id promised this dtype
+        raise UserError(f"model loaded as {loaded.dtype}, not the {run.config['model']['dtype']} of the run id")
     method_overrides = overrides_for(name, overrides)
-    _check_method_on_model(loaded.model, name, method_overrides)
-    bpe = _bits_per_element(spec, max_input_len, loaded.kv_shape())
-    all_subsets = list(bench.subsets())
-    all_files = dict(data_files)
-    if resume and old_manifest:
-        all_subsets = list(dict.fromkeys(old_manifest.get("subsets", []) + all_subsets))
-        all_files = {**old_manifest.get("data", {}).get("files", {}), **data_files}
+    probe = _check_method_on_model(loaded.model, name, method_overrides)
+    spec = probe.spec  # the values the cache uses
+    bpe = _bits_per_element(spec, max_input_len, loaded.model)
+    runner = runner_for(bench.kind, loaded, max_input_len=max_input_len, chat_template=chat_template)
+    runtime = run_identity.runtime_config(probe, runner, loaded)
+    run_setup.check_runtime(run, runtime)
+    config = {**run.config, "runtime": runtime}
+    old_manifest = run.old_manifest
     created = (old_manifest or {}).get("created") if resume else None
-    store.write_manifest({
+    target = run.coverage_target
+    shard = plan.shard
+    mine = items if plan.shard_items is None else plan.shard_items
+    done_before = len(mine) - len(run.to_run) if resume else 0
+    manifest = {
         "benchmark": bench.name,
-        "subsets": all_subsets,
+        "subsets": list(bench.subsets()),
         "configuration": "smoke" if is_smoke else "user",
         "model": {"label": label, "path": str(loaded.path), "revision": revision,
-                  "architecture": loaded.architecture, "dtype": loaded.dtype, "device": loaded.device},
-        "method": {"name": spec.name, "params": params, "bits_per_element": bpe},
+                  "architecture": loaded.architecture, "dtype": loaded.dtype, "device": loaded.device,
+                  "source": provenance.model_source(loaded.path)},
+        "method": {"name": spec.name, "params": _spec_params(spec), "bits_per_element": bpe},
         "settings": {**settings, "limit": limit},
-        "data": {"dir": str(Path(data_dir).resolve()), "files": all_files},
+        "data": {"dir": str(Path(data_dir).resolve()), "files": dict(data_files)},
+        "config": config,
+        "config_hash": run_identity.config_hash(config),
+        "coverage": coverage(done_before, target["total"], target["missing_subsets"]),
         "env": env,
         "created": created or provenance.now(),
         "updated": provenance.now(),
-    })
-    runner = runner_for(bench.kind, loaded, max_input_len=max_input_len, chat_template=chat_template)
+    }
+    header = {"benchmark": bench.name, "model_label": label, "method": spec.name, "bits_per_element": bpe,
+              "protocol": PROTOCOL, "configuration": "smoke" if is_smoke else "user"}
+    if store.shard is not None:  # what the merge needs: this shard's part, the whole run's target, the header
+        import socket
+
+        manifest.update({
+            "coverage": coverage(done_before, len(mine)),
+            "shard": {"rank": shard.rank, "world_size": shard.world_size, "launcher": shard.source,
+                      "host": socket.gethostname(), "item_ids": [it.item_id for it in mine]},
+            "coverage_target": target, "summary_header": header, "benchmark_args": plan.benchmark_args})
+    store.write_manifest(manifest)
 
     def generate(item, _runner=runner, _loaded=loaded, _name=name, _ov=method_overrides):
         import oscar_core as oc
@@ -296,22 +443,56 @@ def _run_method(plan: _Plan, name: str, spec: Any, reload: bool) -> dict:
         return _runner.generate(item, oc.make_cache(_loaded.model, _name, **_ov))
 
     store.open(resume=resume)
-    done = store.done_ids() if resume else set()
+    todo = {it.item_id for it in run.to_run}
+    done = {it.item_id for it in mine if it.item_id not in todo}
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(items), desc=f"{bench.name} {spec.name}", unit="item", file=sys.stderr)
+        where = f" [{store.shard.tag}]" if store.shard is not None else ""
+        bar = tqdm(total=len(mine), desc=f"{bench.name} {spec.name}{where}", unit="item", file=sys.stderr)
     try:
-        stats = evaluate_items(items, store, generate, bench.score, seed=seed, done_ids=done, progress=bar)
+        stats = evaluate_items(mine, store, generate, bench.score, seed=seed, done_ids=done, progress=bar)
     finally:
         store.close()
         if bar is not None:
             bar.close()
     if stats.skipped:
         say(f"{spec.name}: resumed, {stats.skipped} item(s) already recorded were skipped")
-    summary = store.recompute_summary(bench.summarize, benchmark=bench.name, model_label=label,
-                                      method=spec.name, bits_per_element=bpe, protocol=PROTOCOL,
-                                      configuration="smoke" if is_smoke else "user")
+    n_recorded = len(store.latest_records())
+    if store.shard is not None:
+        store.write_manifest({**manifest, "coverage": coverage(n_recorded, len(mine)), "updated": provenance.now()})
+        return _finish_shard(plan, run, header)
+    store.write_manifest({**manifest, "coverage": coverage(n_recorded, target["total"], target["missing_subsets"]),
+                          "updated": provenance.now()})
+    summary = store.recompute_summary(bench.summarize, **header)
+    if not summary["coverage"]["complete"]:
+        c = summary["coverage"]
+        say(f"{spec.name}: partial run, {c['done']} of {c['total']} items"
+            + (f"; subsets not run: {', '.join(c['missing_subsets'])}" if c["missing_subsets"] else "")
+            + " (reports keep it out of the paper tables)")
+    summary["run_dir"] = str(store.dir)
+    return summary
+
+
+def _finish_shard(plan: _Plan, run: Any, header: dict) -> dict:
+    """After this shard's items: merge when every shard is complete (this one finished last), else say
+    which are still running. Returns the merged summary, or this shard's own (not written to disk)."""
+    from oscar_eval import merge
+
+    store = run.store
+    try:
+        summary = merge.merge(store.root, store.run_id, plan.bench.summarize)
+    except ValueError as exc:  # shards that do not belong together (a StoreError is a ValueError too)
+        raise UserError(f"{exc}; the shard's records are kept") from None
+    except merge.MergeIncomplete as exc:
+        plan.say(f"{header['method']}: shard {store.shard.tag} done; not merged yet ({exc}). The last shard to "
+                 f"finish merges; or run `oscar-eval merge --results {store.root} {store.run_id}`")
+        records = store.latest_records()
+        summary = {**header, "n_items": len(records), "n_failed": sum(r.get("status") != "ok" for r in records),
+                   **plan.bench.summarize(records), "shard": {"rank": store.shard.rank,
+                                                              "world_size": store.shard.world_size}}
+    else:
+        plan.say(f"{header['method']}: all {store.shard.world_size} shards complete; merged into {store.dir}")
     summary["run_dir"] = str(store.dir)
     return summary

@@ -11,12 +11,12 @@ import argparse
 import importlib
 import sys
 
+from oscar_eval.errors import UserError  # noqa: F401 - re-exported: `from oscar_eval.cli import UserError`
+
 # Order here is the order shown by `oscar-eval --help`.
-COMMAND_MODULES = ["run", "list", "speed", "report", "tni", "calibrate"]
+COMMAND_MODULES = ["run", "merge", "list", "speed", "report", "tni", "calibrate"]
 
 
-class UserError(Exception):
-    """An error caused by the user's input: printed as one line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

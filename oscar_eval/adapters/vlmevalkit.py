@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from oscar_eval.errors import UserError
+
 try:  # VLMEvalKit is optional: subclass its BaseModel only when it is installed
     from vlmeval.vlm.base import BaseModel as _VLMEvalBase
 
@@ -114,8 +116,6 @@ def cross_check(run_dir: str | Path, work_dir: str | Path | None = None) -> dict
     Returns ``{"ours": columns, "vlmevalkit": columns, "agree": bool, "eval_file": path}``. Needs
     ``vlmeval`` (with its ``.xlsx`` dependencies, openpyxl and xlsxwriter)."""
     if not HAVE_VLMEVAL:
-        from oscar_eval.cli import UserError
-
         raise UserError("VLMEvalKit is not installed (pip install vlmeval); the cross-check needs it")
     import json
     import tempfile

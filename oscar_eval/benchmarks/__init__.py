@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from oscar_eval.benchmarks.base import Benchmark, Item, ItemError
+from oscar_eval.errors import UserError
 
 __all__ = ["BENCHMARKS", "Benchmark", "Item", "ItemError", "get_benchmark", "list_benchmarks", "tasks_dir"]
 
@@ -17,6 +18,10 @@ BENCHMARKS: dict[str, tuple[str, str, str, str]] = {
     "mmau_pro": ("oscar_eval.benchmarks.mmau_pro", "MMAUPro", "MMAU-Pro, audio understanding (audio/omni)",
                  "available"),
     "niah": ("oscar_eval.benchmarks.niah", "NeedleInAHaystack", "needle-in-a-haystack grid (text)", "available"),
+    "ruler": ("oscar_eval.benchmarks.ruler", "Ruler",
+              "RULER synthetic long-context tasks, NVIDIA/RULER's generators and scoring (text)", "available"),
+    "ppl": ("oscar_eval.benchmarks.ppl", "Perplexity",
+            "perplexity, KL to fp16, top-1 agreement through the cache (text)", "available"),
 }
 ALIASES = {"longbench": "longbench_e", "longbench-e": "longbench_e", "mmau-pro": "mmau_pro", "mmau": "mmau_pro"}
 
@@ -32,8 +37,6 @@ def list_benchmarks() -> dict[str, tuple[str, str]]:
 
 
 def get_benchmark(name: str, **kwargs) -> Benchmark:
-    from oscar_eval.cli import UserError
-
     key = ALIASES.get(name, name)
     if key not in BENCHMARKS:
         raise UserError(f"unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)})")

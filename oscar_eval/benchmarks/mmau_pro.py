@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from oscar_eval.benchmarks.base import Item, ItemError
+from oscar_eval.errors import UserError
 from oscar_eval.scoring import mmau_pro as mp
 
 GROUPS = ("open", "instruction_following", "closed")
@@ -32,14 +33,10 @@ CLOSED_INSTRUCTION = ("Choose a choices from the given {n} choices. Do not provi
                       "explanations or content. Output must match exactly one of the listed choices.")
 
 
-def _user_error(msg: str) -> Exception:
-    from oscar_eval.cli import UserError
-
-    return UserError(msg)
-
-
-def group_of(category: str | None) -> str:
-    cat = (category or "").strip().lower()
+def group_of(category: Any) -> str:
+    """The group of a row's ``category``; anything but "open" / "instruction following" (a number too)
+    is closed, as in the official evaluator."""
+    cat = category.strip().lower() if isinstance(category, str) else ""
     if cat == "open":
         return "open"
     if cat == "instruction following":
@@ -61,17 +58,18 @@ class MMAUPro:
 
     def __init__(self, data_dir: str | Path | None = None, subsets: list[str] | None = None,
                  judge_model: str | Path | None = None, judge_cache: str | Path | None = None,
-                 judge: Any = None, check_audio: bool = True, max_new_tokens: int | None = None) -> None:
+                 judge: Any = None, check_audio: bool = True, max_new_tokens: int | None = None,
+                 judge_parser: str = "official") -> None:
         self.data_dir = Path(data_dir) if data_dir is not None else None
         chosen = []
         for s in subsets or DEFAULT_GROUPS:
             key = GROUP_ALIASES.get(s.lower(), s.lower())
             if key not in GROUPS:
-                raise _user_error(f"unknown MMAU-Pro subset {s!r} (known: {', '.join(GROUPS)})")
+                raise UserError(f"unknown MMAU-Pro subset {s!r} (known: {', '.join(GROUPS)})")
             chosen.append(key)
         self._subsets = list(dict.fromkeys(chosen))
         if self.data_dir is not None and not self.data_dir.is_dir():
-            raise _user_error(f"data dir {self.data_dir} does not exist; {HINT}")
+            raise UserError(f"data dir {self.data_dir} does not exist; {HINT}")
         self.check_audio = check_audio
         self._judge = judge
         self._judge_model = judge_model
@@ -83,11 +81,15 @@ class MMAUPro:
         self.max_new_tokens = dict(MAX_NEW_TOKENS)
         if max_new_tokens is not None:
             if int(max_new_tokens) < 1:
-                raise _user_error(f"max_new_tokens must be positive, got {max_new_tokens}")
+                raise UserError(f"max_new_tokens must be positive, got {max_new_tokens}")
             self.max_new_tokens = dict.fromkeys(GROUPS, int(max_new_tokens))
         # Recorded in the run's settings (and its id): the audio runner always applies the processor's
         # chat template, and the generation budget per group.
-        self.settings = {"chat_template": True, "max_new_tokens": self.max_new_tokens}
+        if judge_parser not in mp.JUDGE_PARSERS:
+            raise UserError(f"unknown judge parser {judge_parser!r} (choose from {', '.join(mp.JUDGE_PARSERS)})")
+        self.judge_parser = judge_parser
+        self.settings = {"chat_template": True, "max_new_tokens": self.max_new_tokens,
+                         "judge_parser": judge_parser, "sentence_splitter": mp.punkt_english()[1]}
 
     def subsets(self) -> list[str]:
         return list(self._subsets)
@@ -104,14 +106,14 @@ class MMAUPro:
         if self._file is not None:
             return self._file
         if self.data_dir is None:
-            raise _user_error(f"no --data-dir given for MMAU-Pro; {HINT}")
+            raise UserError(f"no --data-dir given for MMAU-Pro; {HINT}")
         for cand in (self.data_dir / "test.parquet", self.data_dir / "data" / "test.parquet"):
             if cand.is_file():
                 self._file = cand
                 return cand
         hits = sorted(glob.glob(str(self.data_dir / "**" / "test*.parquet"), recursive=True))
         if not hits:
-            raise _user_error(f"no test.parquet under {self.data_dir}; {HINT}")
+            raise UserError(f"no test.parquet under {self.data_dir}; {HINT}")
         self._file = Path(hits[0])
         return self._file
 
@@ -127,10 +129,10 @@ class MMAUPro:
             try:
                 table = pq.read_table(path)
             except Exception as exc:  # noqa: BLE001 - any pyarrow failure is a bad file
-                raise _user_error(f"{path}: unreadable parquet ({exc})") from None
+                raise UserError(f"{path}: unreadable parquet ({exc})") from None
             missing = [c for c in ("question", "category") if c not in table.column_names]
             if missing:
-                raise _user_error(f"{path}: missing column(s) {', '.join(missing)} "
+                raise UserError(f"{path}: missing column(s) {', '.join(missing)} "
                                   f"(has: {', '.join(table.column_names)})")
             self._rows = list(enumerate(table.to_pylist(), 1))
         return self._rows
@@ -141,11 +143,20 @@ class MMAUPro:
             raw = []
         if isinstance(raw, str):
             raw = [raw]
+        if not isinstance(raw, list | tuple) and not hasattr(raw, "tolist"):
+            raise ValueError(f"{path.name} row {row}: 'audio_path' must be a path or a list of paths")
         out = []
-        for rel in raw:
-            rel_path = Path(str(rel))
-            cands = [rel_path] if rel_path.is_absolute() else [self.data_dir / rel_path,
-                                                                self.data_dir / "data" / rel_path]
+        for rel in list(raw):
+            if not isinstance(rel, str) or not rel.strip():
+                raise ValueError(f"{path.name} row {row}: 'audio_path' entry {rel!r} is not a path")
+            from oscar_eval.benchmarks.ocrbench import RowError, confined
+
+            rel_path = Path(rel)
+            try:  # every path the data names stays inside --data-dir
+                cands = [confined(self.data_dir, rel_path)] if rel_path.is_absolute() else [
+                    confined(self.data_dir, rel_path), confined(self.data_dir, Path("data") / rel_path)]
+            except RowError as exc:
+                raise ValueError(f"{path.name} row {row}: audio_path: {exc}") from None
             found = next((c for c in cands if c.is_file()), None)
             if found is None:
                 if self.check_audio:
@@ -173,19 +184,25 @@ class MMAUPro:
             if limit is not None and index >= limit:
                 return
             iid = self.item_id(group, obj, row)
-            if iid in seen:
-                raise _user_error(f"{path}:{row}: duplicate id {obj.get('id')!r} (first at row {seen[iid]})")
+            if iid in seen:  # a failed item of its own (unique id), the run goes on
+                yield ItemError(f"{iid}#row{row}", group, index,
+                                f"RowError: {path}:{row}: duplicate id {obj.get('id')!r} (first at row {seen[iid]})")
+                index += 1
+                continue
             seen[iid] = row
             try:
                 yield self._make_item(group, index, path, row, obj, iid)
-            except (FileNotFoundError, ValueError) as exc:
-                yield ItemError(iid, group, index, one_line(exc))
+            except Exception as exc:  # noqa: BLE001 - one bad row never stops the benchmark
+                msg = one_line(exc)
+                yield ItemError(iid, group, index, msg if f"row {row}" in msg else f"{path.name} row {row}: {msg}")
             index += 1
 
     def _make_item(self, group: str, index: int, path: Path, row: int, obj: dict, iid: str) -> Item:
         question = obj.get("question")
         if not isinstance(question, str):
             raise ValueError(f"{path.name} row {row}: 'question' must be a string")
+        if not isinstance(obj.get("category"), str):
+            raise ValueError(f"{path.name} row {row}: 'category' must be a string, got {obj.get('category')!r}")
         choices = [str(c) for c in (obj.get("choices") or [])]
         answer = obj.get("answer")
         extra: dict[str, Any] = {"category": obj.get("category"), "question": question, "choices": choices,
@@ -271,7 +288,7 @@ class MMAUPro:
             stats["cached" if cached else "calls"] += 1
             if not cached and (i + 1) % 50 == 0:
                 print(f"mmau_pro judge: {i + 1}/{len(todo)}", file=sys.stderr)
-            scored.append({"item_id": rec["item_id"], **mp.parse_judgement(raw)})
+            scored.append({"item_id": rec["item_id"], **mp.parse_judgement(raw, self.judge_parser)})
         return scored, stats
 
     def summarize(self, records: list[dict]) -> dict:

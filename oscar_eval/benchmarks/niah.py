@@ -41,6 +41,7 @@ import yaml
 
 from oscar_eval.benchmarks import tasks_dir
 from oscar_eval.benchmarks.base import Item, ItemError
+from oscar_eval.errors import UserError
 
 SCORING = ("key-phrase containment: score 1 when the prediction contains every answer key phrase after "
            "lower-casing and turning each run of non-alphanumeric characters into one space (both "
@@ -48,16 +49,10 @@ SCORING = ("key-phrase containment: score 1 when the prediction contains every a
 SMOKE_DATA = Path(__file__).resolve().parents[1] / "data" / "niah_smoke"
 
 
-def _user_error(msg: str) -> Exception:
-    from oscar_eval.cli import UserError
-
-    return UserError(msg)
-
-
 def load_config(path: Path | None = None) -> dict:
     path = path or tasks_dir() / "niah.yaml"
     if not path.is_file():
-        raise _user_error(f"task config {path} not found (set OSCAR_EVAL_TASKS to the tasks/ folder)")
+        raise UserError(f"task config {path} not found (set OSCAR_EVAL_TASKS to the tasks/ folder)")
     with open(path, encoding="utf-8") as f:
         return yaml.safe_load(f)
 
@@ -73,14 +68,14 @@ def parse_contexts(value: str | int | Sequence[str | int]) -> list[int]:
             continue
         m = re.fullmatch(r"(\d+(?:\.\d+)?)(k?)", text)
         if not m:
-            raise _user_error(f"--contexts: {str(part).strip()!r} is not a token count (e.g. 4000 or 4k)")
+            raise UserError(f"--contexts: {str(part).strip()!r} is not a token count (e.g. 4000 or 4k)")
         n = round(float(m.group(1)) * (1000 if m.group(2) else 1))
         if n < 1:
-            raise _user_error(f"--contexts: {str(part).strip()!r} must be positive")
+            raise UserError(f"--contexts: {str(part).strip()!r} must be positive")
         if n not in out:
             out.append(n)
     if not out:
-        raise _user_error("--contexts: no context length given")
+        raise UserError("--contexts: no context length given")
     return out
 
 
@@ -89,7 +84,7 @@ def depth_percents(n: int) -> list[int]:
     import numpy as np
 
     if not 1 <= int(n) <= 101:
-        raise _user_error(f"--depths must be between 1 and 101, got {n}")
+        raise UserError(f"--depths must be between 1 and 101, got {n}")
     return [int(d) for d in np.round(np.linspace(0, 100, num=int(n), endpoint=True))]
 
 
@@ -199,6 +194,23 @@ class NeedleInAHaystack:
 
     # -- configuration -----------------------------------------------------------------------
     @classmethod
+    def default_data(cls, options: dict, model: Any) -> tuple[Path | None, dict]:
+        """With --model but neither --data-dir nor --haystack: the Python standard library's docstrings
+        as the haystack (NOT gkamradt's Paul Graham essays; the file's name and hash say so in the
+        run's data files), written once under ``$OSCAR_EVAL_HOME/haystacks``."""
+        if model is None or options.get("haystack"):
+            return None, options
+        import sys
+
+        from oscar_eval.benchmarks.stdlib_text import stdlib_haystack_file
+        from oscar_eval.checkpoints import home
+
+        path = stdlib_haystack_file(home() / "haystacks")
+        print(f"niah: no --haystack or --data-dir given: the haystack is the Python standard library's "
+              f"docstrings ({path}), not the usual essays", file=sys.stderr)
+        return path.parent, {**options, "haystack": str(path)}
+
+    @classmethod
     def smoke_configuration(cls) -> dict:
         smoke = load_config().get("smoke", {})
         return {
@@ -224,19 +236,19 @@ class NeedleInAHaystack:
             if not p.is_absolute() and self.data_dir is not None and not p.exists():
                 p = self.data_dir / p
             if not p.is_file():
-                raise _user_error(f"haystack file {p} not found; {hint}")
+                raise UserError(f"haystack file {p} not found; {hint}")
             p = p.resolve()
             if self.data_dir is not None and not p.is_relative_to(self.data_dir.resolve()):
-                raise _user_error(f"haystack file {p} is not inside --data-dir {self.data_dir}")
+                raise UserError(f"haystack file {p} is not inside --data-dir {self.data_dir}")
             return [p]
         if self.data_dir is None:
-            raise _user_error(f"no --data-dir or --haystack given for NIAH; {hint}")
+            raise UserError(f"no --data-dir or --haystack given for NIAH; {hint}")
         if not self.data_dir.is_dir():
-            raise _user_error(f"data dir {self.data_dir} does not exist; {hint}")
+            raise UserError(f"data dir {self.data_dir} does not exist; {hint}")
         default = self.data_dir / self.config["data"]["haystack"]
         files = [default] if default.is_file() else sorted(self.data_dir.glob("*.txt"))
         if not files:
-            raise _user_error(f"haystack file {default} not found (nor any *.txt in {self.data_dir}); {hint}")
+            raise UserError(f"haystack file {default} not found (nor any *.txt in {self.data_dir}); {hint}")
         return files
 
     def subsets(self) -> list[str]:
@@ -253,7 +265,7 @@ class NeedleInAHaystack:
 
         too_long = [c for c in self.contexts if max_input_len is not None and c > max_input_len]
         if too_long:
-            raise _user_error(f"context {too_long[0]} exceeds --max-input-len {max_input_len}; raise it "
+            raise UserError(f"context {too_long[0]} exceeds --max-input-len {max_input_len}; raise it "
                               "(NIAH prompts are sized to their context, never truncated)")
         if tokenizer is None:
             from transformers import AutoTokenizer
@@ -261,14 +273,14 @@ class NeedleInAHaystack:
             try:
                 tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
             except (OSError, ValueError) as exc:
-                raise _user_error(f"cannot load the tokenizer of {model_path}: {str(exc).splitlines()[0]}") from None
+                raise UserError(f"cannot load the tokenizer of {model_path}: {str(exc).splitlines()[0]}") from None
         self._tok = tokenizer
         # The runner's own tokenization (BOS, chat template), never truncating: exact prompt sizes.
         self._counter = TextRunner(LoadedModel(None, tokenizer, Path(model_path), "cpu", "n/a"),
                                    max_input_len=10**9, chat_template=chat_template)
         text = "\n".join(p.read_text(encoding="utf-8", errors="replace").strip() for p in self._files)
         if not text.strip():
-            raise _user_error(f"haystack file {self._files[0]} is empty")
+            raise UserError(f"haystack file {self._files[0]} is empty")
         need = max(self.contexts)
         one = len(tokenizer(text, add_special_tokens=False)["input_ids"])
         reps = need // max(one, 1) + 2
@@ -296,7 +308,7 @@ class NeedleInAHaystack:
         budget = context - overhead - len(self._needle_ids)
         for _ in range(16):
             if budget <= 0:
-                raise _user_error(f"context {context} is too small for NIAH: the prompt takes {overhead} "
+                raise UserError(f"context {context} is too small for NIAH: the prompt takes {overhead} "
                                   f"tokens and the needle {len(self._needle_ids)}")
             hay = self._hay[:budget]
             tokens, at = insert_needle(hay, self._needle_ids, depth, self._is_end)
@@ -305,7 +317,7 @@ class NeedleInAHaystack:
             if n <= context:
                 return Built(prompt, len(hay), at, int(len(hay) * (depth / 100)) if depth < 100 else len(hay), n)
             budget -= n - context
-        raise _user_error(f"could not fit a NIAH prompt into {context} tokens")
+        raise UserError(f"could not fit a NIAH prompt into {context} tokens")
 
     def items(self, subset: str, limit: int | None = None) -> Iterator[Item | ItemError]:
         context = int(subset)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from oscar_eval.errors import UserError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     # No import of oscar_eval.report here: it loads matplotlib, and every command builds this parser.
@@ -24,8 +26,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _aliases(items: list[str]) -> dict[str, str]:
-    from oscar_eval.cli import UserError
-
     out = {}
     for item in items:
         label, sep, column = item.partition("=")
@@ -36,7 +36,6 @@ def _aliases(items: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from oscar_eval.cli import UserError
     from oscar_eval.report import DEFAULT_TITLE, ReportError, render_report
 
     try:

@@ -6,6 +6,15 @@ import argparse
 import signal
 import sys
 
+from oscar_eval.errors import UserError
+
+# Benchmark-specific options of `run`, by the benchmark that accepts them (passed as benchmark_options).
+BENCHMARK_OPTIONS: dict[str, set[str]] = {
+    "niah": {"contexts", "depths", "haystack"},
+    "ruler": {"contexts", "haystack", "tasks"},
+    "ppl": {"text", "prompt_tokens", "scored_tokens"},
+}
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -13,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate a benchmark (paper protocol) for a model and KV-cache methods. Without "
                     "--model and --data-dir, runs the built-in smoke configuration.")
     p.add_argument("benchmark", help="benchmark name (longbench, i.e. LongBench-E)")
-    p.add_argument("--model", help="model folder or a repo id already in the local Hugging Face cache")
+    p.add_argument("--model", help="model folder, .gguf file, offline checkpoint name (`oscar-eval list models`) "
+                                   "or a repo id already in the local Hugging Face cache")
     p.add_argument("--method", action="append", dest="methods", metavar="NAME",
                    help="KV-cache method (repeatable; default: oscar). See `oscar-eval list methods`")
     p.add_argument("--set", action="append", dest="overrides", metavar="KEY=VALUE", default=[],
@@ -24,9 +34,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-input-len", type=int, metavar="N",
                    help="prompt tokens kept (middle truncation); default 32768")
     p.add_argument("--results", default="results", help="results store folder (default: results)")
-    p.add_argument("--resume", action="store_true", help="skip items already recorded for the same run")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the same run: skip items recorded ok, run the rest (failed ones again)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="run again only the items whose latest record failed (implies --resume)")
     p.add_argument("--overwrite", action="store_true", help="discard existing records of the same run")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda, cuda:N (default: auto; under torchrun/srun each rank takes "
+                        "cuda:<local rank>)")
+    p.add_argument("--device-map", metavar="MAP",
+                   help="spread a model too large for one GPU over the visible GPUs: auto, balanced, "
+                        "balanced_low_0 or sequential (transformers' device_map)")
     p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16, float32 (default: auto)")
     p.add_argument("--chat-template", action="store_true",
                    help="wrap prompts in the tokenizer's chat template (Qwen3: thinking off)")
@@ -34,10 +52,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--contexts", metavar="LIST",
-                   help="niah: context lengths in tokens, comma-separated (1k = 1000; default: tasks/niah.yaml)")
+                   help="niah, ruler: context lengths in tokens, comma-separated (niah: 1k = 1000; ruler: "
+                        "1k = 1024, RULER's powers of two, 4k = 4096; default: tasks/<benchmark>.yaml)")
     p.add_argument("--depths", type=int, metavar="N",
                    help="niah: N needle depths evenly spaced from 0%% to 100%% (default: 15)")
-    p.add_argument("--haystack", metavar="FILE", help="niah: haystack text file (default: the .txt files of --data-dir)")
+    p.add_argument("--haystack", metavar="FILE",
+                   help="niah: haystack text file (default: the .txt files of --data-dir); ruler: the essay "
+                        "haystack, a text file or 'stdlib-docstrings' (the Python standard library's "
+                        "docstrings, NOT RULER's Paul Graham essays); without it the essay tasks are left out")
+    p.add_argument("--tasks", metavar="LIST",
+                   help="ruler: tasks, comma-separated (default: all but qa_1/qa_2, which need squad.json / "
+                        "hotpotqa.json in --data-dir)")
+    p.add_argument("--text", nargs="+", metavar="FILE",
+                   help="ppl: documents (a .jsonl file: one {\"text\": ...} per line; any other file: one "
+                        "document; default: built from the Python standard library's docstrings)")
+    p.add_argument("--prompt-tokens", type=int, metavar="P",
+                   help="ppl: prompt tokens attended in full precision (default: tasks/ppl.yaml, 512)")
+    p.add_argument("--scored-tokens", type=int, metavar="N",
+                   help="ppl: continuation tokens scored per document, teacher-forced through the cache "
+                        "(default: tasks/ppl.yaml, 256)")
     p.add_argument("--judge-model", metavar="PATH",
                    help="mmau_pro: local judge model for open-ended answers (default: Qwen/Qwen2.5-7B-Instruct "
                         "from the local Hugging Face cache)")
@@ -54,11 +87,15 @@ def main(args: argparse.Namespace) -> int:
     from oscar_eval.api import parse_overrides, run_benchmark
 
     signal.signal(signal.SIGTERM, _sigterm_to_interrupt)  # records are fsync'ed; stop cleanly
-    bench_options = {k: v for k in ("contexts", "depths", "haystack") if (v := getattr(args, k, None)) is not None}
-    if bench_options and args.benchmark != "niah":
-        from oscar_eval.cli import UserError
+    bench_options = {k: v for k in sorted(set().union(*BENCHMARK_OPTIONS.values()))
+                     if (v := getattr(args, k, None)) is not None}
+    from oscar_eval.benchmarks import ALIASES
 
-        raise UserError(f"--{', --'.join(bench_options)}: only for the niah benchmark")
+    accepted = BENCHMARK_OPTIONS.get(ALIASES.get(args.benchmark, args.benchmark), set())
+    if stray := [k for k in bench_options if k not in accepted]:
+        users = sorted({b for k in stray for b, opts in BENCHMARK_OPTIONS.items() if k in opts})
+        raise UserError(f"--{', --'.join(k.replace('_', '-') for k in stray)}: only for "
+                        + " or ".join(f"the {u} benchmark" for u in users))
     if args.benchmark.replace("-", "_") in ("mmau_pro", "mmau"):  # the open-ended judge and its cache
         from pathlib import Path
 
@@ -66,8 +103,6 @@ def main(args: argparse.Namespace) -> int:
         if args.judge_model:
             bench_options["judge_model"] = args.judge_model
     elif args.judge_model or args.judge_cache:
-        from oscar_eval.cli import UserError
-
         raise UserError("--judge-model/--judge-cache: only for the mmau_pro benchmark")
     from oscar_eval.commands import calibration_dir_of
 
@@ -75,11 +110,17 @@ def main(args: argparse.Namespace) -> int:
         summaries = run_benchmark(
             args.benchmark, model=args.model, methods=args.methods or ["oscar"], subsets=args.subsets,
             limit=args.limit, data_dir=args.data_dir, max_input_len=args.max_input_len, results=args.results,
-            resume=args.resume, overwrite=args.overwrite, device=args.device, dtype=args.dtype,
+            resume=args.resume, overwrite=args.overwrite, retry_failed=args.retry_failed,
+            device=args.device, dtype=args.dtype, device_map=args.device_map,
             chat_template=args.chat_template, model_label=args.model_label,
             overrides=parse_overrides(args.overrides), seed=args.seed, progress=not args.no_progress,
             benchmark_options=bench_options)
     print_summaries(summaries)
+    failed = sum(int(s.get("n_failed") or 0) for s in summaries)
+    if failed:  # the numbers are real but incomplete: a script must notice
+        print(f"oscar-eval: {failed} item(s) failed (see records.jsonl; --retry-failed runs them again)",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -92,7 +133,12 @@ def print_summaries(summaries: list[dict]) -> None:
     from rich.table import Table
 
     console = Console(file=sys.stdout, soft_wrap=True)
+    ppl = [s for s in summaries if s.get("benchmark") == "ppl"]
+    if ppl:  # one table, a row per method
+        _print_ppl(console, ppl)
     for s in summaries:
+        if s.get("benchmark") == "ppl":
+            continue
         bpe = s.get("bits_per_element")
         title = (f"{s['benchmark']} | {s['model_label']} | {s['method']}"
                  + (f" ({bpe:.2f} bits/elem)" if bpe else "")
@@ -123,16 +169,23 @@ def _print_grid(console, title: str, s: dict) -> None:
     if not contexts:
         console.print(f"{title}: no scored items; {s['n_items']} items, {s.get('n_failed', 0)} failed")
         return
-    depths = sorted({d for row in grid.values() for d in row}, key=float)
+    # Rows: niah's depths (numeric), or the summary's own row order and label (ruler: tasks).
+    depths = s.get("grid_rows") or sorted({d for row in grid.values() for d in row}, key=float)
+    label = s.get("grid_row_label", "depth %")
+    by_context, by_depth = s.get("contexts") or {}, s.get("depths") or s.get("tasks") or {}
+    # Margins: the last row averages each context's column, the last column each depth's row; their
+    # corner is the overall average (of all cells), also spelled out below the table.
     table = Table(title=title)
-    table.add_column("depth %")
+    table.add_column(label)
     for c in contexts:
         table.add_column(str(c), justify="right")
+    table.add_column("all contexts", justify="right", style="bold")
     for d in depths:
-        table.add_row(str(d), *(_fmt(grid[c].get(d)) for c in contexts))
-    table.add_row("Average", *[""] * (len(contexts) - 1), _fmt(s.get("average")), style="bold")
+        table.add_row(str(d), *(_fmt(grid[c].get(d)) for c in contexts), _fmt(by_depth.get(d)))
+    table.add_row("Average", *(_fmt(by_context.get(c)) for c in contexts), _fmt(s.get("average")), style="bold")
     console.print(table)
-    console.print(f"{s['n_items']} items, {s.get('n_failed', 0)} failed -> {s['run_dir']}")
+    console.print(f"overall average {_fmt(s.get('average'))} (all context x {label.split()[0]} cells); "
+                  f"{s['n_items']} items, {s.get('n_failed', 0)} failed -> {s['run_dir']}")
 
 
 def _print_columns(console, title: str, s: dict) -> None:
@@ -147,3 +200,33 @@ def _print_columns(console, title: str, s: dict) -> None:
     if judge.get("error"):
         console.print(f"judge: {judge['error']}")
     console.print(f"{s['n_items']} items, {s.get('n_failed', 0)} failed -> {s['run_dir']}")
+
+
+def _print_ppl(console, summaries: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=console.file, soft_wrap=True, width=max(console.width, 124))  # 11 columns
+
+    def f(v, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    first = summaries[0]
+    m = first.get("measurement") or {}
+    table = Table(title=f"ppl | {first['model_label']} | prompt {m.get('prompt_tokens')} + scored "
+                        f"{m.get('scored_tokens')} tokens" + (" | SMOKE" if first.get("configuration") == "smoke" else ""))
+    for col in ("method", "bits/elem", "docs", "tokens", "NLL", "PPL", "fp16 PPL", "KL", "top-1 %",
+                "KL cached", "failed"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for s in summaries:
+        top1 = s.get("top1")
+        table.add_row(s["method"], f(s.get("bits_per_element"), ".2f"), str(s.get("n_documents", 0)),
+                      str(s.get("n_tokens", 0)), f(s.get("nll"), ".4f"), f(s.get("ppl"), ".3f"),
+                      f(s.get("ref_ppl"), ".3f"), f(s.get("kl"), ".5f"), f(None if top1 is None else 100 * top1, ".2f"),
+                      f((s.get("cached") or {}).get("kl"), ".5f"), str(s.get("n_failed", 0)))
+    console.print(table)
+    console.print("NLL in nats per token; PPL = exp(token-weighted mean NLL); KL(fp16 || method) and top-1 "
+                  "agreement against a plain full-precision forward; 'KL cached' leaves out the first "
+                  "token (predicted by the full-precision prompt)")
+    for s in summaries:
+        console.print(f"{s['method']}: {s['n_items']} items, {s.get('n_failed', 0)} failed -> {s['run_dir']}")

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from oscar_eval.errors import UserError
 from oscar_eval.speed import plan as pl
 
 LEVELS = ("kernel", "e2e")
 
 
 def _ints(text: str) -> tuple[int, ...]:
-    from oscar_eval.cli import UserError
-
     out = []
     for part in text.split(","):
         part = part.strip().lower()
@@ -33,8 +32,6 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _names(text: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
-    from oscar_eval.cli import UserError
-
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     bad = [n for n in names if n not in known]
     if bad:
@@ -86,7 +83,6 @@ def options_from_args(args: argparse.Namespace):
     import os
 
     from oscar_eval import archs as A
-    from oscar_eval.cli import UserError
     from oscar_eval.speed import SpeedOptions
 
     levels = _names(args.level, LEVELS, "level")
@@ -140,7 +136,6 @@ def options_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from oscar_eval.cli import UserError
     from oscar_eval.speed import NoCudaError, run_speed
 
     opts = options_from_args(args)

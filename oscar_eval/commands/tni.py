@@ -6,12 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
-from oscar_eval.cli import UserError
+from oscar_eval.errors import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("tni", help="token-norm-imbalance diagnostics of a model's keys")
-    p.add_argument("--model", help="local model folder or hub id in the local cache (default: the smoke model)")
+    p.add_argument("--model", help="the model, as `oscar-eval run --model` takes it (default: the smoke model)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", type=Path, help="a UTF-8 text file to run through the model")
     src.add_argument("--prompt", help="the text itself")

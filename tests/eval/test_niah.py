@@ -156,6 +156,24 @@ def test_summary_grid_arithmetic():
     assert summarize_records([])["average"] is None
 
 
+def test_printed_grid_averages_each_context_and_shows_the_overall_apart(capsys):
+    from oscar_eval.commands.run import print_summaries
+
+    recs = [{"item_id": f"{c}/{d}", "status": "ok", "score": s}
+            for (c, d, s) in [(1000, 0, 1.0), (1000, 50, 0.0), (1000, 100, 0.0), (2000, 0, 1.0), (2000, 50, 1.0),
+                              (2000, 100, 0.0)]]
+    summary = {"benchmark": "niah", "model_label": "m", "method": "fp16", "n_items": 6, "n_failed": 0,
+               "run_dir": "RUN", **summarize_records(recs)}
+    print_summaries([summary])
+    out = capsys.readouterr().out
+    rows = {cells[0]: cells[1:] for line in out.splitlines()
+            if len(cells := [c.strip() for c in line.strip("│┃ ").split("│")]) == 4}
+    assert rows["Average"] == ["33.33", "66.67", "50.00"]  # per context (column), then all cells
+    assert rows["0"] == ["100.00", "100.00", "100.00"] and rows["100"] == ["0.00", "0.00", "0.00"]
+    assert rows["50"] == ["0.00", "100.00", "50.00"]  # the last column: each depth over all contexts
+    assert "all contexts" in out and "overall average 50.00" in out
+
+
 # -- through the command line -----------------------------------------------------------------------
 def _run(capsys, *argv) -> tuple[int, str, str]:
     code = main(list(argv))
@@ -209,10 +227,11 @@ def test_resume_skips_done_items(tmp_path, smoke_cache, capsys):
     assert again[0] == first[0] and [r["prediction"] for r in again] == [r["prediction"] for r in first]
     code, _, err = _run(capsys, *args, "--resume")  # nothing left to do
     assert code == 0 and "3 item(s) already recorded were skipped" in err and len(_records(run_dir)) == 3
-    # more contexts accumulate in the same run folder
+    # another grid is another run (issue 14: it used to be merged into this one)
     assert _run(capsys, *[("1024" if a == "512" else a) for a in args], "--resume")[0] == 0
+    assert len(list((tmp_path / "runs").iterdir())) == 2
     s = json.loads((run_dir / "summary.json").read_text())
-    assert list(s["grid"]) == ["512", "1024"] and s["n_items"] == 6
+    assert list(s["grid"]) == ["512"] and s["n_items"] == 3
 
 
 def test_missing_haystack_is_one_line_error(capsys, tmp_path, smoke_model):
