@@ -102,16 +102,25 @@ def _check_bits(bits: int) -> None:
 
 
 def quantize_groups(
-    x: torch.Tensor, bits: int, zero_point: ZeroPoint = "integer", clip_ratio: float = 1.0
+    x: torch.Tensor, bits: int, zero_point: ZeroPoint = "integer", clip_ratio: float = 1.0,
+    arithmetic: Literal["fp32", "fp16"] = "fp32",
 ) -> GroupQuant:
     """Quantize ``x`` of shape ``[..., n_groups, group_size]``: each row of the last axis is a group.
 
     Values past fp16's range saturate to +-65504; a group holding inf/NaN gets a NaN scale (module
-    docstring).
+    docstring). ``arithmetic="fp16"`` (float zero point only) computes as official KIVI's fp16 tensors
+    do (``quant/new_pack.py``): min, max, ``mx - mn``, the scale and ``x - mn`` each rounded to fp16,
+    then ``(x - mn) / s`` rounded to fp16 before the rounding to a code; this changes about a quarter
+    of the scales by one fp16 step against the fp32 default. A constant group still reconstructs
+    exactly (official KIVI divides 0 by 0 there).
     """
     _check_bits(bits)
     if zero_point not in ("integer", "float"):
         raise ValueError(f"zero_point must be 'integer' or 'float', got {zero_point!r}")
+    if arithmetic not in ("fp32", "fp16"):
+        raise ValueError(f"arithmetic must be 'fp32' or 'fp16', got {arithmetic!r}")
+    if arithmetic == "fp16" and zero_point != "float":
+        raise ValueError("arithmetic='fp16' reproduces KIVI's float-minimum quantizer; use zero_point='float'")
     if not 0.0 < clip_ratio <= 1.0:
         raise ValueError(f"clip_ratio must be in (0, 1], got {clip_ratio}")
     qmax = 2**bits - 1
@@ -141,6 +150,17 @@ def quantize_groups(
         z16 = z.half()
         q = torch.round(xf / s.unsqueeze(-1)) + z16.float().unsqueeze(-1)
         zero16 = z16
+    elif arithmetic == "fp16":  # every intermediate rounded to fp16, as official KIVI's half tensors
+        x16 = xf.half()
+        mn16 = (x16.amin(dim=-1) * clip_ratio).half() if clip_ratio != 1.0 else x16.amin(dim=-1)
+        mx16 = (x16.amax(dim=-1) * clip_ratio).half() if clip_ratio != 1.0 else x16.amax(dim=-1)
+        s16 = ((mx16 - mn16).float() / float(qmax)).half()
+        s = s16.float()
+        safe = torch.where(s > 0, s, torch.ones_like(s))
+        shifted = (x16 - mn16.unsqueeze(-1)).float()
+        q = torch.round((shifted / safe.unsqueeze(-1)).half().float())
+        q = torch.where((s > 0).unsqueeze(-1), q, torch.zeros_like(q))
+        zero16 = mn16
     else:
         s16 = scale.clamp(max=_FP16_MAX).half()
         mn16 = mn.clamp(-_FP16_MAX, _FP16_MAX).half()
@@ -205,9 +225,10 @@ def quantize(
     axis: Literal["token", "channel"],
     zero_point: ZeroPoint = "integer",
     clip_ratio: float = 1.0,
+    arithmetic: Literal["fp32", "fp16"] = "fp32",
 ) -> GroupQuant:
     """Quantize ``[..., tokens, channels]`` in groups along ``axis`` (see :func:`to_groups`)."""
-    return quantize_groups(to_groups(x, group_size, axis), bits, zero_point, clip_ratio)
+    return quantize_groups(to_groups(x, group_size, axis), bits, zero_point, clip_ratio, arithmetic)
 
 
 def dequantize(gq: GroupQuant, axis: Literal["token", "channel"], dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -436,9 +436,10 @@ class MethodSpec:
 
     # -- shared group-quantization helpers (all affine methods use the one quantizer) -------
     def _encode_affine(
-        self, x: torch.Tensor, axis: Literal["token", "channel"], zero_point: ZeroPoint, clip_ratio: float = 1.0
+        self, x: torch.Tensor, axis: Literal["token", "channel"], zero_point: ZeroPoint, clip_ratio: float = 1.0,
+        arithmetic: Literal["fp32", "fp16"] = "fp32",
     ) -> Block:
-        gq = quantize(x, self.bits, self.group_for(axis, x.shape[-1]), axis, zero_point, clip_ratio)
+        gq = quantize(x, self.bits, self.group_for(axis, x.shape[-1]), axis, zero_point, clip_ratio, arithmetic)
         packed = PackedGroups.from_quant(gq)
         return {"codes": packed.packed, "scale": packed.scale, "zero": packed.zero}
 

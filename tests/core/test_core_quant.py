@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from oscar_core import quant as q
 from oscar_core.quant import (
     SUPPORTED_BITS,
     GroupQuant,
@@ -476,3 +477,39 @@ def test_pow2_scaling_helpers_are_exact_and_saturate():
     assert ldexp_saturating(x, shift).tolist() == [1.25, 2.0**60, 2.0**71, math.inf]
     big = torch.tensor([2.0**100])
     assert ldexp_saturating(big, torch.tensor([40.0])).item() == torch.finfo(torch.float32).max
+
+
+# -- official KIVI's fp16 arithmetic (jy-yuan/KIVI quant/new_pack.py), bit for bit -------------------
+
+def _official_kivi_fp16(groups: torch.Tensor, bits: int):
+    """KIVI's quantizer on fp16 tensors, as its code computes it (each op an fp16 tensor op)."""
+    mn = groups.amin(dim=-1, keepdim=True)
+    mx = groups.amax(dim=-1, keepdim=True)
+    scale = (mx - mn) / (2**bits - 1)
+    codes = ((groups - mn) / scale).clamp(0, 2**bits - 1).round().to(torch.int32)
+    return codes, scale.squeeze(-1), mn.squeeze(-1)
+
+
+@pytest.mark.parametrize("axis", ["token", "channel"])
+def test_kivi_fp16_arithmetic_reproduces_official_kivi_bit_for_bit(axis):
+    import oscar_core as oc
+
+    g = torch.Generator().manual_seed(11)
+    x = (torch.randn(2, 4, 64, 128, generator=g) * torch.rand(1, 4, 1, 128, generator=g) * 8).half()
+    groups = q.to_groups(x, 32, axis)
+    codes, scale, mn = _official_kivi_fp16(groups, 2)
+    gq = q.quantize(x, 2, 32, axis, "float", arithmetic="fp16")
+    assert torch.equal(gq.scale, scale) and torch.equal(gq.zero, mn)
+    assert torch.equal(gq.codes.to(torch.int32), codes)
+    default = q.quantize(x, 2, 32, axis, "float")  # fp32 arithmetic: scales one fp16 step off in about 1/4
+    share = (default.scale != scale).float().mean().item()
+    assert 0.1 < share < 0.4, share
+    # through the method: the spec's blocks hold exactly these codes and metadata
+    spec = oc.get_method("kivi", arithmetic="fp16")
+    block = spec.encode_keys(x) if axis == "token" else spec.encode_values(x)
+    assert torch.equal(block["scale"], scale) and torch.equal(block["zero"], mn)
+
+
+def test_fp16_arithmetic_is_only_for_the_float_minimum():
+    with pytest.raises(ValueError, match="float"):
+        q.quantize(torch.randn(1, 1, 32, 32), 2, 32, "token", "integer", arithmetic="fp16")
