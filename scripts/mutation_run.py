@@ -64,7 +64,7 @@ MUTATIONS = [
              "oscar_core/blockwise.py", 'sc = sc * block["norm"].float().reshape(batch, 1, 1, -1)', "sc = sc",
              ("tests/cache/test_blockwise_decode.py",)),
     Mutation("method-drops-norm", "OScaR's key decode drops the token norm",
-             "oscar_core/methods/oscar.py", 'k = k * block["norm"][:, None, :, None]', "k = k",
+             "oscar_core/methods/oscar.py", 'k = _saturating_mul(k, block["norm"][:, None, :, None])', "k = k",
              ("tests/core", "tests/methods")),
     Mutation("padding-in-groups", "left padding is ignored when the prompt is quantized (pads enter groups)",
              "oscar_core/cache.py", "self.pad = list(pad)", "self.pad = [0] * len(pad)",
@@ -80,6 +80,12 @@ MUTATIONS = [
     Mutation("rope-one-type", "RotateKV undoes the full-attention RoPE on every layer of a hybrid model",
              "oscar_core/methods/rotatekv.py", 'prefix = f"{layer_types[i]}_" if per_type else ""',
              'prefix = "full_attention_" if per_type else ""', ("tests/cache/test_hybrid.py",)),
+    Mutation("kivi-fp32-scale", "KIVI's fp16 option computes the scale in fp32 (as the default does)",
+             "oscar_core/quant.py", "s16 = ((mx16 - mn16).float() / float(qmax)).half()",
+             "s16 = ((mx16.float() - mn16.float()) / float(qmax)).half()", ("tests/core/test_core_quant.py",)),
+    Mutation("failed-counts-done", "--resume counts failed items as done (never retried)",
+             "oscar_eval/results.py", 'if r.get("status") == "ok"}', 'if r.get("status") in ("ok", "failed")}',
+             ("tests/eval/test_run_identity.py", "tests/eval/test_results_store.py")),
 ]
 
 

@@ -261,6 +261,17 @@ def test_user_haystack_file(capsys, tmp_path, smoke_model):
     assert [r["item_id"] for r in _records(run_dir)] == ["600/0", "600/100"]
 
 
+def test_model_without_haystack_uses_the_labelled_stdlib_docstrings(capsys, tmp_path, smoke_model, monkeypatch):
+    monkeypatch.setenv("OSCAR_EVAL_HOME", str(tmp_path / "home"))
+    code, out, err = _run(capsys, "run", "niah", "--model", str(smoke_model), "--method", "fp16", "--contexts", "600",
+                          "--depths", "2", "--results", str(tmp_path / "res"), "--no-progress")
+    assert code == 0 and "depth %" in out
+    assert "standard library's docstrings" in err and "not the usual essays" in err
+    (run_dir,) = (tmp_path / "res" / "runs").iterdir()
+    (name,) = json.loads((run_dir / "manifest.json").read_text())["data"]["files"]
+    assert name.startswith("stdlib-docstrings-py") and (tmp_path / "home" / "haystacks" / name).is_file()
+
+
 def test_report_renders_niah_heatmap(smoke_results, tmp_path):
     from oscar_eval.report import render_report
 
