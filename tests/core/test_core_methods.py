@@ -554,7 +554,7 @@ def _specs(pairs: list[str], methods: list[str]):
                                              r"\(methods in this run: oscar, kivi\)"),
         (["quarot.clip_ratio=0.9"], ["oscar", "kivi"], r"unknown method prefix 'quarot'"),
         (["bitz=3"], ["oscar", "kivi"], r"--set bitz: unknown parameter 'bitz' for every method of this run "
-                                        r"\(oscar, kivi\) \(oscar has bits, .*; kivi has bits, "),
+                                        r"\(oscar, kivi\) \(oscar has bits, .*; kivi has arithmetic, bits, "),
         (["oscar.bitz=3"], ["oscar", "kivi"], r"unknown parameter 'bitz' for method 'oscar'"),
         (["clip_ratio=0.9"], ["quarot", "oscar"], r"'clip_ratio' is not a parameter of oscar, .*METHOD\.clip_ratio"),
         (["bits=2.0"], ["oscar"], r"method 'oscar': bits must be an int, got 2\.0 \(float\)"),

@@ -179,6 +179,11 @@ PINS = {  # pin_digests() at commit 3bd9f3d (before the overflow fixes)
 }
 
 
+PINNED_WITH = "2.13.0+cpu"  # the digests are bits of one torch build's CPU kernels
+
+
+@pytest.mark.skipif(torch.__version__ != PINNED_WITH, reason=f"digests pinned with torch {PINNED_WITH} on CPU; "
+                    "other builds may round differently (the old-loop comparisons in test_core_methods still run)")
 def test_ordinary_inputs_give_the_same_bits_as_before_the_overflow_fixes():
     got = pin_digests()
     assert got.keys() == PINS.keys()
