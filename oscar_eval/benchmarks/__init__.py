@@ -8,7 +8,8 @@ from pathlib import Path
 from oscar_eval.benchmarks.base import Benchmark, Item, ItemError
 from oscar_eval.errors import UserError
 
-__all__ = ["BENCHMARKS", "Benchmark", "Item", "ItemError", "get_benchmark", "list_benchmarks", "tasks_dir"]
+__all__ = ["BENCHMARKS", "Benchmark", "Item", "ItemError", "get_benchmark", "list_benchmarks", "load_task_config",
+           "tasks_dir"]
 
 # name -> (module, class, one-line description, status)
 BENCHMARKS: dict[str, tuple[str, str, str, str]] = {
@@ -30,6 +31,17 @@ def tasks_dir() -> Path:
     """The ``tasks/`` folder: $OSCAR_EVAL_TASKS, else the one next to the package (source checkout)."""
     env = os.environ.get("OSCAR_EVAL_TASKS")
     return Path(env) if env else Path(__file__).resolve().parents[2] / "tasks"
+
+
+def load_task_config(name: str, path: Path | None = None) -> dict:
+    """A benchmark's declarative config: ``path``, else ``tasks/<name>`` (:func:`tasks_dir`)."""
+    import yaml
+
+    path = path or tasks_dir() / name
+    if not path.is_file():
+        raise UserError(f"task config {path} not found (set OSCAR_EVAL_TASKS to the tasks/ folder)")
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
 
 
 def list_benchmarks() -> dict[str, tuple[str, str]]:

@@ -54,3 +54,28 @@ class Benchmark(Protocol):
     def score(self, item: Item, prediction: str) -> float: ...
 
     def summarize(self, records: list[dict]) -> dict: ...
+
+
+def sized_prompt_counter(model_path: str | Path, contexts: list[int], max_input_len: int | None,
+                         chat_template: bool, what: str, tokenizer: Any = None) -> tuple[Any, Any]:
+    """``(tokenizer, runner)`` for benchmarks whose prompts are sized in the model's own tokens (NIAH,
+    RULER): the model's tokenizer (local files only) and a text runner that tokenizes exactly as
+    generation will (BOS, chat template) and never truncates. A context over ``max_input_len`` is an
+    error: such prompts are sized to their context, never truncated."""
+    from oscar_eval.errors import UserError
+    from oscar_eval.models import LoadedModel, TextRunner
+
+    too_long = [c for c in contexts if max_input_len is not None and c > max_input_len]
+    if too_long:
+        raise UserError(f"context {too_long[0]} exceeds --max-input-len {max_input_len}; raise it "
+                        f"({what} prompts are sized to their context, never truncated)")
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot load the tokenizer of {model_path}: {str(exc).splitlines()[0]}") from None
+    runner = TextRunner(LoadedModel(None, tokenizer, Path(model_path), "cpu", "n/a"), max_input_len=10**9,
+                        chat_template=chat_template)
+    return tokenizer, runner

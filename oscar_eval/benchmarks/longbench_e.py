@@ -7,20 +7,14 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import yaml
-
-from oscar_eval.benchmarks import tasks_dir
+from oscar_eval.benchmarks import load_task_config
 from oscar_eval.benchmarks.base import Item, ItemError
 from oscar_eval.errors import UserError
 from oscar_eval.scoring import longbench as lb
 
 
 def load_config(path: Path | None = None) -> dict:
-    path = path or tasks_dir() / "longbench_e.yaml"
-    if not path.is_file():
-        raise UserError(f"task config {path} not found (set OSCAR_EVAL_TASKS to the tasks/ folder)")
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f)
+    return load_task_config("longbench_e.yaml", path)
 
 
 class LongBenchE:

@@ -37,9 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from oscar_eval.benchmarks import tasks_dir
+from oscar_eval.benchmarks import load_task_config
 from oscar_eval.benchmarks.base import Item, ItemError
 from oscar_eval.errors import UserError
 
@@ -50,11 +48,7 @@ SMOKE_DATA = Path(__file__).resolve().parents[1] / "data" / "niah_smoke"
 
 
 def load_config(path: Path | None = None) -> dict:
-    path = path or tasks_dir() / "niah.yaml"
-    if not path.is_file():
-        raise UserError(f"task config {path} not found (set OSCAR_EVAL_TASKS to the tasks/ folder)")
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f)
+    return load_task_config("niah.yaml", path)
 
 
 # -- pure helpers (tested directly) ------------------------------------------------------------------
@@ -261,23 +255,11 @@ class NeedleInAHaystack:
     def use_tokenizer(self, model_path: str | Path, chat_template: bool = False,
                       max_input_len: int | None = None, tokenizer: Any = None) -> None:
         """Load the model's tokenizer (local files only) and tokenize the haystack once."""
-        from oscar_eval.models import LoadedModel, TextRunner
+        from oscar_eval.benchmarks.base import sized_prompt_counter
 
-        too_long = [c for c in self.contexts if max_input_len is not None and c > max_input_len]
-        if too_long:
-            raise UserError(f"context {too_long[0]} exceeds --max-input-len {max_input_len}; raise it "
-                              "(NIAH prompts are sized to their context, never truncated)")
-        if tokenizer is None:
-            from transformers import AutoTokenizer
-
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-            except (OSError, ValueError) as exc:
-                raise UserError(f"cannot load the tokenizer of {model_path}: {str(exc).splitlines()[0]}") from None
+        tokenizer, self._counter = sized_prompt_counter(model_path, self.contexts, max_input_len, chat_template,
+                                                        "NIAH", tokenizer)
         self._tok = tokenizer
-        # The runner's own tokenization (BOS, chat template), never truncating: exact prompt sizes.
-        self._counter = TextRunner(LoadedModel(None, tokenizer, Path(model_path), "cpu", "n/a"),
-                                   max_input_len=10**9, chat_template=chat_template)
         text = "\n".join(p.read_text(encoding="utf-8", errors="replace").strip() for p in self._files)
         if not text.strip():
             raise UserError(f"haystack file {self._files[0]} is empty")

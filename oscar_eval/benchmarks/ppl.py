@@ -42,9 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from oscar_eval.benchmarks import tasks_dir
+from oscar_eval.benchmarks import load_task_config
 from oscar_eval.benchmarks.base import Item, ItemError
 from oscar_eval.benchmarks.stdlib_text import module_file, module_text
 from oscar_eval.errors import UserError
@@ -57,11 +55,7 @@ REFERENCE = ("one plain forward over the P+N tokens, use_cache=False, with the m
 
 
 def load_config(path: Path | None = None) -> dict:
-    path = path or tasks_dir() / "ppl.yaml"
-    if not path.is_file():
-        raise UserError(f"task config {path} not found (set OSCAR_EVAL_TASKS to the tasks/ folder)")
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f)
+    return load_task_config("ppl.yaml", path)
 
 
 # -- standard-library documents ----------------------------------------------------------------------

@@ -41,10 +41,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from oscar_eval.benchmarks import load_task_config
 from oscar_eval.benchmarks import ruler_tasks as rt
-from oscar_eval.benchmarks import tasks_dir
 from oscar_eval.benchmarks.base import Item, ItemError
 from oscar_eval.benchmarks.stdlib_text import PROSE_MODULES as STDLIB_MODULES
 from oscar_eval.errors import UserError
@@ -58,11 +56,7 @@ SCORING = ("RULER string match (scripts/eval/synthetic/constants.py): case-insen
 
 
 def load_config(path: Path | None = None) -> dict:
-    path = path or tasks_dir() / "ruler.yaml"
-    if not path.is_file():
-        raise UserError(f"task config {path} not found (set OSCAR_EVAL_TASKS to the tasks/ folder)")
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f)
+    return load_task_config("ruler.yaml", path)
 
 
 def parse_contexts(value: str | int | Sequence[str | int]) -> list[int]:
@@ -256,22 +250,11 @@ class Ruler:
     # -- tokenizer-dependent construction --------------------------------------------------------------
     def use_tokenizer(self, model_path: str | Path, chat_template: bool = False,
                       max_input_len: int | None = None, tokenizer: Any = None) -> None:
-        from oscar_eval.models import LoadedModel, TextRunner
+        from oscar_eval.benchmarks.base import sized_prompt_counter
 
-        too_long = [c for c in self.contexts if max_input_len is not None and c > max_input_len]
-        if too_long:
-            raise UserError(f"context {too_long[0]} exceeds --max-input-len {max_input_len}; raise it "
-                              "(RULER prompts are sized to their context, never truncated)")
-        if tokenizer is None:
-            from transformers import AutoTokenizer
-
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-            except (OSError, ValueError) as exc:
-                raise UserError(f"cannot load the tokenizer of {model_path}: {str(exc).splitlines()[0]}") from None
+        tokenizer, self._counter = sized_prompt_counter(model_path, self.contexts, max_input_len, chat_template,
+                                                        "RULER", tokenizer)
         self._tok = tokenizer
-        self._counter = TextRunner(LoadedModel(None, tokenizer, Path(model_path), "cpu", "n/a"),
-                                   max_input_len=10**9, chat_template=chat_template)
         self._sizes, self._vt_examples = {}, {}
 
     def count_tokens(self, prompt: str) -> int:
