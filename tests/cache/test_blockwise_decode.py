@@ -40,14 +40,6 @@ METHODS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     return llama()  # 4 query heads, 2 KV heads (GQA), head_dim 64

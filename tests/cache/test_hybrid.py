@@ -21,14 +21,6 @@ KINDS = [SLIDING, SLIDING, FULL, SLIDING, SLIDING, FULL]
 R = 16  # a small residual window so that short generations cross several flushes
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @functools.cache
 def gemma3(head_dim: int = 256, dtype: torch.dtype = torch.float32):
     """A tiny random Gemma 3 text model: 1 KV head, scaling 1/sqrt(64) (not 1/sqrt(head_dim))."""
