@@ -4,11 +4,12 @@
 // (`nvcc -Xptxas -v -c`). The torch binding is csrc/oscar_bindings.cpp; the Python side, the layout
 // converters and the pure-PyTorch fallbacks are in oscar_core/kernels/.
 //
-// Layout (head_dim D = 128, groups of 32 tokens). One 1536-byte block per (sequence, kv head, group):
-//   keys  : [0, 1024)    2-bit codes of the 32x128 (token x channel) tile in mma.m16n8k16 A-fragment order
-//           [1024, 1280) fp16 scale per channel, [1280, 1536) fp16 1024 + integer zero point per channel
-//   values: [0, 1024)    2-bit codes of the 128x32 (channel x token) tile in A-fragment order
-//           [1024, 1280) fp16 scale [4 channel groups][32 tokens], [1280, 1536) fp16 1024 + zero, same order
+// Every kernel is a template on the head dim D (64, 128 or 256; the host launchers dispatch at run time).
+// Layout (groups of 32 tokens). One 12*D-byte block per (sequence, kv head, group), 1536 bytes for D = 128:
+//   keys  : [0, 8D)      2-bit codes of the 32xD (token x channel) tile in mma.m16n8k16 A-fragment order
+//           [8D, 10D)    fp16 scale per channel, [10D, 12D) fp16 1024 + integer zero point per channel
+//   values: [0, 8D)      2-bit codes of the Dx32 (channel x token) tile in A-fragment order
+//           [8D, 10D)    fp16 scale [D/32 channel groups][32 tokens], [10D, 12D) fp16 1024 + zero, same order
 // (1024 + z is exact in fp16: the scale floor keeps |z| <= 1024.)
 //   token norms: fp32 [N, T] (one per token, shared by all kv heads).
 // Fragment order (see oscar_core/kernels/layout.py for the same map in Python): for a tile with `row`
@@ -18,13 +19,15 @@
 // Keys: word = ct, field = rt * 4 + reg. Values: word = rt, field = ct * 4 + reg.
 // Bit position inside the 32-bit word = half * 16 + 2 * field; the word lives at byte offset
 //   ((word / 4) * 32 + lane) * 16 + (word % 4) * 4,
-// so that lane l reads its eight words with two 16-byte loads, each warp-wide load contiguous.
+// so that lane l reads its D/16 words with D/64 16-byte loads, each warp-wide load contiguous.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
 
 #include <cuda_runtime.h>
+
+#include <type_traits>
 
 // Keys subtract 1024 + zero per fp16 operand pair (HSUB2, the default, measured 6% faster at 128K); with
 // OSCAR_K_HSUB=0 they use one extra bias MMA per k-tile instead (A rows = 1024 + zero).
@@ -34,15 +37,26 @@
 
 namespace oscar {
 
-constexpr int kD = 128;
 constexpr int kGT = 32;       // tokens per key group / per packed block
-constexpr int kBlk = 1536;    // bytes per (head, group) block
 constexpr int kNW = 4;        // warps per decode CTA
 constexpr int kStages = 3;    // cp.async stages per warp
-constexpr int kStageBytes = 2 * kBlk + kGT * 4;  // keys + values + 32 norms = 3200
-constexpr int kStageChunks = kStageBytes / 16;    // 200
 constexpr float kNegBig = -1e30f;
-constexpr float kInvSqrtD = 0.08838834764831845f;  // 1/sqrt(128), as torch rounds it to fp32
+
+// Sizes that follow from the head dim D.
+template <int D>
+struct Dims {
+  static_assert(D == 64 || D == 128 || D == 256, "head dim must be 64, 128 or 256");
+  static constexpr int kBlk = 12 * D;        // bytes per (head, group) block: 1536 for D = 128
+  static constexpr int kScaleOff = 8 * D;    // after the codes
+  static constexpr int kZeroOff = 10 * D;
+  static constexpr int kE = D / 32;          // channels per lane when a warp holds one row
+  static constexpr int kTiles = D / 16;      // 16-channel tiles = packed words per lane
+  static constexpr int kGroups = D / 32;     // per-token channel groups of the values
+  static constexpr int kStageBytes = 2 * kBlk + kGT * 4;  // keys + values + 32 norms (3200 for D = 128)
+  static constexpr int kStageChunks = kStageBytes / 16;
+  // 1/sqrt(D) as torch rounds it to fp32 (a power of two for 64 and 256)
+  static constexpr float kInvSqrt = D == 64 ? 0.125f : D == 128 ? 0.08838834764831845f : 0.0625f;
+};
 
 template <typename T>
 struct Cvt;
@@ -57,20 +71,64 @@ struct Cvt<__half> {
   static __device__ __forceinline__ __half from_f(float x) { return __float2half_rn(x); }
 };
 
-// Unnormalized 128-point Walsh-Hadamard transform of one row held by a warp, lane = channels 4 lane .. +3,
-// in the reference's butterfly order (oscar_core/hadamard.py: stages 1, 2 in registers, 4 .. 64 across lanes;
-// (a + b, a - b) with a the lower index), so that fp32 results are bit-identical.
-__device__ __forceinline__ void fwht128_warp(float (&x)[4], int lane) {
-  const float y0 = x[0] + x[1], y1 = x[0] - x[1], y2 = x[2] + x[3], y3 = x[2] - x[3];
-  x[0] = y0 + y2;
-  x[1] = y1 + y3;
-  x[2] = y0 - y2;
-  x[3] = y1 - y3;
+// E 16-bit elements as one vector load/store (E = 2, 4, 8).
+template <int Bytes>
+struct VecOf;
+template <>
+struct VecOf<4> {
+  using type = uint32_t;
+};
+template <>
+struct VecOf<8> {
+  using type = uint2;
+};
+template <>
+struct VecOf<16> {
+  using type = uint4;
+};
+template <int E>
+using Vec16 = typename VecOf<2 * E>::type;
+
+// E floats to memory with float2 / float4 stores.
+template <int E>
+__device__ __forceinline__ void store_f(float* dst, const float (&v)[E]) {
+  if constexpr (E == 2) {
+    *reinterpret_cast<float2*>(dst) = make_float2(v[0], v[1]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < E; i += 4) *reinterpret_cast<float4*>(dst + i) = make_float4(v[i], v[i + 1], v[i + 2], v[i + 3]);
+  }
+}
+
+// Unnormalized 32E-point Walsh-Hadamard transform of one row held by a warp, lane = channels E lane .. +E-1,
+// in the reference's butterfly order (oscar_core/hadamard.py: stages 1 .. E/2 in registers, E .. 16E across
+// lanes; (a + b, a - b) with a the lower index), so that fp32 results are bit-identical.
+template <int E>
+__device__ __forceinline__ void fwht_warp(float (&x)[E], int lane) {
+  if constexpr (E == 4) {  // written out: the instruction order of the tuned D = 128 decode prologue
+    const float y0 = x[0] + x[1], y1 = x[0] - x[1], y2 = x[2] + x[3], y3 = x[2] - x[3];
+    x[0] = y0 + y2;
+    x[1] = y1 + y3;
+    x[2] = y0 - y2;
+    x[3] = y1 - y3;
+  } else {
+#pragma unroll
+    for (int hh = 1; hh < E; hh <<= 1) {
+#pragma unroll
+      for (int i = 0; i < E; ++i) {
+        if (!(i & hh)) {
+          const float a = x[i], b = x[i + hh];
+          x[i] = a + b;
+          x[i + hh] = a - b;
+        }
+      }
+    }
+  }
 #pragma unroll
   for (int m = 1; m <= 16; m <<= 1) {
     const bool upper = (lane & m) != 0;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < E; ++i) {
       const float p = __shfl_xor_sync(0xffffffffu, x[i], m);
       x[i] = upper ? (p - x[i]) : (x[i] + p);
     }
@@ -130,8 +188,8 @@ __device__ __forceinline__ uint32_t int_zero_code(float x, const QParams& p) {
   return static_cast<uint32_t>(q);
 }
 
-// Position (in fp16 units) of one metadata value inside its 128-entry array: thread t4 of the decode kernel
-// finds its 16 pairs j = 0..15 at pair index (j/4*4 + t4)*4 + j%4 (four 16-byte loads, conflict-free).
+// Position (in fp16 units) of one metadata value inside its D-entry array: thread t4 of the decode kernel
+// finds its D/8 pairs j = 0 .. D/8-1 at pair index (j/4*4 + t4)*4 + j%4 (D/32 16-byte loads, conflict-free).
 // keys: `idx` = channel, j = kt*2 + hi; values: `idx` = token, j = grp*4 + mt*2 + hi.
 __device__ __forceinline__ int meta_pos(int idx, int grp, bool keys) {
   const int e = idx & 1, t4 = (idx >> 1) & 3, hi = (idx >> 3) & 1, blk16 = idx >> 4;
@@ -139,11 +197,12 @@ __device__ __forceinline__ int meta_pos(int idx, int grp, bool keys) {
   return 2 * (((j >> 2) * 4 + t4) * 4 + (j & 3)) + e;
 }
 
-// Assemble the 256 packed words of one value tile (codes in smem as [token][channel] bytes; the fragment
+// Assemble the 2D packed words of one value tile (codes in smem as [token][channel] bytes; the fragment
 // tile's rows are channels, its columns tokens) and store them.
+template <int D>
 __device__ __forceinline__ void store_value_words(const uint8_t* codes_tc, uint8_t* dst_block, int tid,
                                                   int nthreads) {
-  for (int wi = tid; wi < 256; wi += nthreads) {
+  for (int wi = tid; wi < 2 * D; wi += nthreads) {
     const int lane = (wi >> 2) & 31;
     const int word = (wi >> 7) * 4 + (wi & 3);  // the 16-channel row tile
     const int g = lane >> 2, tq = lane & 3;
@@ -156,7 +215,7 @@ __device__ __forceinline__ void store_value_words(const uint8_t* codes_tc, uint8
       for (int h = 0; h < 2; ++h) {
         const int row = word * 16 + rowhi * 8 + g;         // channel
         const int col = ct * 16 + colhi * 8 + tq * 2 + h;  // token
-        w |= static_cast<uint32_t>(codes_tc[col * kD + row]) << (h * 16 + 2 * f);
+        w |= static_cast<uint32_t>(codes_tc[col * D + row]) << (h * 16 + 2 * f);
       }
     }
     reinterpret_cast<uint32_t*>(dst_block)[wi] = w;
@@ -173,30 +232,47 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+
 // ------------------------------------------------------------------------------------------------
-// Pack keys: grid (T/32, N), 128 threads (4 warps), dynamic smem pack_keys_smem(H). One CTA quantizes one
+// Pack keys: grid (T/32, N), 128 threads (4 warps), dynamic smem pack_keys_smem<D>(H). One CTA quantizes one
 // 32-token group of every kv head (the token norm spans all heads).
-//  1. cp.async of every head's 32x128 tile into padded smem rows (272 B: conflict-free 16-byte accesses).
-//  2. Warp w rotates heads w, w+4, ...: lane = token, the 128 channels in registers, the FWHT in the
-//     reference's butterfly order (stages 1..64, (a+b, a-b)) in fp32, times 1/sqrt(128), rounded to the
-//     input dtype as the reference's rotation returns it, written back in place (rotate = 0: the keys are
-//     already rotated, as the cache holds them); per-head sums of squares in token_norms' order (channel
-//     by channel, s = s + x*x, every step rounded).
+//  1. cp.async of every head's 32xD tile into padded smem rows (D + 8 elements: conflict-free 16-byte
+//     accesses).
+//  2. Warp w rotates heads w, w+4, ...: the FWHT in the reference's butterfly order (stages 1..D/2,
+//     (a+b, a-b)) in fp32, times 1/sqrt(D), rounded to the input dtype as the reference's rotation returns
+//     it, written back in place (rotate = 0: the keys are already rotated, as the cache holds them); per-head
+//     sums of squares in token_norms' order (channel by channel, s = s + x*x, every step rounded).
+//     D <= 128: lane = token, the D channels in registers. D = 256 (256 floats do not fit in registers):
+//     one row at a time across the warp (lane = 8 channels, fwht_warp), then lane = token for the sums.
 //  3. fp32 token norm over all heads (head by head; 0 counts as 1) and its correctly rounded reciprocal.
-//  4. Warp w quantizes heads w, w+4, ...: lane = 4 channels x 32 tokens (per-channel groups are lane-local):
-//     x = rotated / norm and round(x / s), both correctly rounded divisions (div_rn: q = a * rcp(b), one
-//     FMA residual correction), the integer-zero-point parameters of quant.py, codes assembled into the
-//     fragment-order words in registers (one shuffle joins the two lanes that share a word).
+//  4. Warp w quantizes 128-channel slices w, w+4, ...: lane = 4 channels x 32 tokens (per-channel groups are
+//     lane-local): x = rotated / norm and round(x / s), both correctly rounded divisions (div_rn: q = a *
+//     rcp(b), one FMA residual correction), the integer-zero-point parameters of quant.py, codes assembled
+//     into the fragment-order words in registers (one shuffle joins the two lanes that share a word).
+//     A slice is one head (D = 128), half a head (D = 256) or two heads, 16 lanes each (D = 64).
 // ------------------------------------------------------------------------------------------------
-constexpr int kPackRow = kD + 8;  // elements per padded smem row
+template <int D>
+struct PackKeysCfg {
+  static constexpr int kRow = D + 8;                    // elements per padded smem row
+  static constexpr int kMaxHeads = 2048 / D;            // smem bound: 32, 16, 8 kv heads (~140 KB)
+  static constexpr int kLanesPerHead = D < 128 ? D / 4 : 32;  // lanes sharing one head in a slice
+  static constexpr int kHeadsPerSlice = 32 / kLanesPerHead;   // 2 for D = 64
+  static constexpr int kSlicesPerHead = D > 128 ? D / 128 : 1;  // 2 for D = 256
+};
+
+template <int D>
 __host__ __device__ constexpr size_t pack_keys_smem(int H, size_t elem) {
-  return static_cast<size_t>(H) * kGT * kPackRow * elem + static_cast<size_t>(H) * kGT * 4 + 2 * kGT * 4;
+  return static_cast<size_t>(H) * kGT * PackKeysCfg<D>::kRow * elem + static_cast<size_t>(H) * kGT * 4 + 2 * kGT * 4;
 }
 
-template <typename T>
+template <typename T, int D>
 __global__ void __launch_bounds__(128, 3) pack_keys_kernel(const T* __restrict__ k, uint8_t* __restrict__ out,
                                                             float* __restrict__ norms, int H, int Tn, int G,
                                                             int rotate) {
+  using C = PackKeysCfg<D>;
+  constexpr int kPackRow = C::kRow;
+  constexpr int kBlk = Dims<D>::kBlk;
+  constexpr float kInvSqrtD = Dims<D>::kInvSqrt;
   extern __shared__ __align__(16) uint8_t smem[];
   T* rot = reinterpret_cast<T*>(smem);  // [H][32][kPackRow]
   float* ssq = reinterpret_cast<float*>(smem + static_cast<size_t>(H) * kGT * kPackRow * sizeof(T));  // [H][32]
@@ -204,12 +280,12 @@ __global__ void __launch_bounds__(128, 3) pack_keys_kernel(const T* __restrict__
   float* rcp = nrm + kGT;      // [32]
   const int gi = blockIdx.x, n = blockIdx.y;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  constexpr int kChunks = kGT * kD * static_cast<int>(sizeof(T)) / 16;  // 16-byte chunks per head tile (512)
-  constexpr int kRowChunks = kD * static_cast<int>(sizeof(T)) / 16;     // per token row (16)
+  constexpr int kChunks = kGT * D * static_cast<int>(sizeof(T)) / 16;  // 16-byte chunks per head tile
+  constexpr int kRowChunks = D * static_cast<int>(sizeof(T)) / 16;     // per token row
 
   // 1. all of this warp's heads in flight at once
   for (int h = warp; h < H; h += 4) {
-    const uint8_t* src = reinterpret_cast<const uint8_t*>(k + ((static_cast<size_t>(n) * H + h) * Tn + gi * kGT) * kD);
+    const uint8_t* src = reinterpret_cast<const uint8_t*>(k + ((static_cast<size_t>(n) * H + h) * Tn + gi * kGT) * D);
     uint8_t* dst = reinterpret_cast<uint8_t*>(rot + static_cast<size_t>(h) * kGT * kPackRow);
 #pragma unroll 4
     for (int c = lane; c < kChunks; c += 32)
@@ -220,44 +296,79 @@ __global__ void __launch_bounds__(128, 3) pack_keys_kernel(const T* __restrict__
   __syncwarp();
 
   // 2. rotate
-  for (int h = warp; h < H; h += 4) {
-    T* row = rot + (static_cast<size_t>(h) * kGT + lane) * kPackRow;
-    float x[kD];
-#pragma unroll
-    for (int j = 0; j < kRowChunks; ++j) {
-      const uint4 raw = reinterpret_cast<const uint4*>(row)[j];
-      const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) x[j * 8 + i] = Cvt<T>::to_f(e[i]);
-    }
-    if (rotate) {
-#pragma unroll
-      for (int hh = 1; hh < kD; hh <<= 1) {
-#pragma unroll
-        for (int i = 0; i < kD; ++i) {
-          if (!(i & hh)) {
-            const float a = x[i], b = x[i + hh];
-            x[i] = a + b;
-            x[i + hh] = a - b;
-          }
-        }
-      }
+  if constexpr (D <= 128) {
+    for (int h = warp; h < H; h += 4) {
+      T* row = rot + (static_cast<size_t>(h) * kGT + lane) * kPackRow;
+      float x[D];
 #pragma unroll
       for (int j = 0; j < kRowChunks; ++j) {
-        uint4 raw;
-        T* e = reinterpret_cast<T*>(&raw);
+        const uint4 raw = reinterpret_cast<const uint4*>(row)[j];
+        const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) x[j * 8 + i] = Cvt<T>::to_f(e[i]);
+      }
+      if (rotate) {
+#pragma unroll
+        for (int hh = 1; hh < D; hh <<= 1) {
+#pragma unroll
+          for (int i = 0; i < D; ++i) {
+            if (!(i & hh)) {
+              const float a = x[i], b = x[i + hh];
+              x[i] = a + b;
+              x[i + hh] = a - b;
+            }
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < kRowChunks; ++j) {
+          uint4 raw;
+          T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            e[i] = Cvt<T>::from_f(x[j * 8 + i] * kInvSqrtD);
+            x[j * 8 + i] = Cvt<T>::to_f(e[i]);
+          }
+          reinterpret_cast<uint4*>(row)[j] = raw;
+        }
+      }
+      float ss = __fmul_rn(x[0], x[0]);  // token_norms' order; _rn: no FMA contraction
+#pragma unroll
+      for (int i = 1; i < D; ++i) ss = __fadd_rn(ss, __fmul_rn(x[i], x[i]));
+      ssq[h * kGT + lane] = ss;
+    }
+  } else {
+    for (int h = warp; h < H; h += 4) {
+      T* tile = rot + static_cast<size_t>(h) * kGT * kPackRow;
+      if (rotate) {
+#pragma unroll 2
+        for (int t = 0; t < kGT; ++t) {  // row t: lane = channels 8 lane .. 8 lane + 7
+          uint4* p = reinterpret_cast<uint4*>(tile + t * kPackRow) + lane;
+          uint4 raw = *p;
+          T* e = reinterpret_cast<T*>(&raw);
+          float x[8];
+#pragma unroll
+          for (int i = 0; i < 8; ++i) x[i] = Cvt<T>::to_f(e[i]);
+          fwht_warp<8>(x, lane);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) e[i] = Cvt<T>::from_f(x[i] * kInvSqrtD);
+          *p = raw;
+        }
+        __syncwarp();
+      }
+      const uint4* row = reinterpret_cast<const uint4*>(tile + lane * kPackRow);  // lane = token
+      float ss = 0.f;  // 0 + x0*x0 == x0*x0 exactly: the same sum as the D <= 128 branch
+#pragma unroll 4
+      for (int j = 0; j < kRowChunks; ++j) {
+        const uint4 raw = row[j];
+        const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
-          e[i] = Cvt<T>::from_f(x[j * 8 + i] * kInvSqrtD);
-          x[j * 8 + i] = Cvt<T>::to_f(e[i]);
+          const float x = Cvt<T>::to_f(e[i]);
+          ss = __fadd_rn(ss, __fmul_rn(x, x));
         }
-        reinterpret_cast<uint4*>(row)[j] = raw;
       }
+      ssq[h * kGT + lane] = ss;
     }
-    float ss = __fmul_rn(x[0], x[0]);  // token_norms' order; _rn: no FMA contraction
-#pragma unroll
-    for (int i = 1; i < kD; ++i) ss = __fadd_rn(ss, __fmul_rn(x[i], x[i]));
-    ssq[h * kGT + lane] = ss;
   }
   __syncthreads();
 
@@ -273,13 +384,22 @@ __global__ void __launch_bounds__(128, 3) pack_keys_kernel(const T* __restrict__
   }
   __syncthreads();
 
-  // 4. quantize and pack; lane = channels 4 lane .. 4 lane + 3
-  const int chi = (lane >> 1) & 1;   // which 8-channel half of its 16-channel tile
-  const int t4w = 2 * (lane & 1) + chi;  // the fragment column (t4) of the words this lane writes
-  const int ct = lane >> 2;          // the 16-channel tile = the word index
-  for (int h = warp; h < H; h += 4) {
-    const T* tile = rot + static_cast<size_t>(h) * kGT * kPackRow + 4 * lane;
-    float x[kGT][4];  // x = rotated / norm, token t, channel 4 lane + j
+  // 4. quantize and pack; lane = channels c0 .. c0 + 3 of head h
+  const int sub = C::kHeadsPerSlice > 1 ? lane / C::kLanesPerHead : 0;  // which head of a two-head slice
+  const int hl = C::kHeadsPerSlice > 1 ? lane % C::kLanesPerHead : lane;
+  const int chi = (hl >> 1) & 1;       // which 8-channel half of its 16-channel tile
+  const int t4w = 2 * (hl & 1) + chi;  // the fragment column (t4) of the words this lane writes
+  const int slices = (H * C::kSlicesPerHead + C::kHeadsPerSlice - 1) / C::kHeadsPerSlice;
+  for (int it = warp; it < slices; it += 4) {
+    const int h = C::kHeadsPerSlice > 1 ? it * C::kHeadsPerSlice + sub : it / C::kSlicesPerHead;
+    const int c0 = (C::kSlicesPerHead > 1 ? (it % C::kSlicesPerHead) * 128 : 0) + 4 * hl;
+    const int ct = c0 >> 4;  // the 16-channel tile = the word index
+    // D = 64 with odd H: the second half-warp of the last slice has no head; it reads head H-1 (the
+    // shuffles need every lane) and writes nothing
+    const bool live = C::kHeadsPerSlice == 1 || h < H;
+    const int hr = live ? h : H - 1;
+    const T* tile = rot + static_cast<size_t>(hr) * kGT * kPackRow + c0;
+    float x[kGT][4];  // x = rotated / norm, token t, channel c0 + j
     float mx[4], mn[4];
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -310,7 +430,7 @@ __global__ void __launch_bounds__(128, 3) pack_keys_kernel(const T* __restrict__
         mn[j] = fminf(mn[j], x[t][j]);
       }
     }
-    uint8_t* blk = out + ((static_cast<size_t>(n) * H + h) * G + gi) * kBlk;
+    uint8_t* blk = out + ((static_cast<size_t>(n) * H + hr) * G + gi) * kBlk;
     float s[4], rs[4];
     int zi[4];
 #pragma unroll
@@ -319,9 +439,11 @@ __global__ void __launch_bounds__(128, 3) pack_keys_kernel(const T* __restrict__
       s[j] = p.s;
       rs[j] = p.rs;
       zi[j] = static_cast<int>(p.z);
-      const int c = 4 * lane + j;
-      reinterpret_cast<__half*>(blk + 1024)[meta_pos(c, 0, true)] = p.s16;
-      reinterpret_cast<__half*>(blk + 1280)[meta_pos(c, 0, true)] = __float2half_rn(p.z + 1024.f);
+      const int c = c0 + j;
+      if (live) {
+        reinterpret_cast<__half*>(blk + Dims<D>::kScaleOff)[meta_pos(c, 0, true)] = p.s16;
+        reinterpret_cast<__half*>(blk + Dims<D>::kZeroOff)[meta_pos(c, 0, true)] = __float2half_rn(p.z + 1024.f);
+      }
     }
     // partial words: [g][jj] for tokens g, g+8, g+16, g+24 and channel pair jj, fields as if chi = 0
     uint32_t pw[8][2];
@@ -343,22 +465,24 @@ __global__ void __launch_bounds__(128, 3) pack_keys_kernel(const T* __restrict__
       const uint32_t mine = chi ? b : a, other = chi ? a : b;
       const uint32_t w = mine | __shfl_xor_sync(0xffffffffu, other, 2);
       const int wl = g * 4 + t4w;
-      *reinterpret_cast<uint32_t*>(blk + ((ct >> 2) * 32 + wl) * 16 + (ct & 3) * 4) = w;
+      if (live) *reinterpret_cast<uint32_t*>(blk + ((ct >> 2) * 32 + wl) * 16 + (ct & 3) * 4) = w;
     }
   }
 }
 
 // ------------------------------------------------------------------------------------------------
-// Pack values: grid (T/32, H, N), 128 threads = (token, channel group); per-token groups of 32 channels.
+// Pack values: grid (T/32, H, N), D threads = (token, channel group); per-token groups of 32 channels.
 // ------------------------------------------------------------------------------------------------
-template <typename T>
-__global__ void __launch_bounds__(128) pack_values_kernel(const T* __restrict__ v, uint8_t* __restrict__ out,
-                                                           int H, int Tn, int G) {
-  __shared__ __align__(16) uint8_t codes[kGT * kD];  // [token][channel]
+template <typename T, int D>
+__global__ void __launch_bounds__(D) pack_values_kernel(const T* __restrict__ v, uint8_t* __restrict__ out,
+                                                         int H, int Tn, int G) {
+  constexpr int kGroups = Dims<D>::kGroups;
+  constexpr int kGroupsLog2 = kGroups == 2 ? 1 : kGroups == 4 ? 2 : 3;
+  __shared__ __align__(16) uint8_t codes[kGT * D];  // [token][channel]
   const int gi = blockIdx.x, h = blockIdx.y, n = blockIdx.z;
   const int tid = threadIdx.x;
-  const int t = tid >> 2, grp = tid & 3;
-  const T* src = v + ((static_cast<size_t>(n) * H + h) * Tn + gi * kGT + t) * kD + grp * 32;
+  const int t = tid >> kGroupsLog2, grp = tid & (kGroups - 1);
+  const T* src = v + ((static_cast<size_t>(n) * H + h) * Tn + gi * kGT + t) * D + grp * 32;
   float x[32];
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -374,13 +498,13 @@ __global__ void __launch_bounds__(128) pack_values_kernel(const T* __restrict__ 
     mn = fminf(mn, x[i]);
   }
   QParams p = int_zero_params(mx, mn);
-  uint8_t* blk = out + ((static_cast<size_t>(n) * H + h) * G + gi) * kBlk;
+  uint8_t* blk = out + ((static_cast<size_t>(n) * H + h) * G + gi) * Dims<D>::kBlk;
 #pragma unroll
-  for (int i = 0; i < 32; ++i) codes[t * kD + grp * 32 + i] = static_cast<uint8_t>(int_zero_code(x[i], p));
-  reinterpret_cast<__half*>(blk + 1024)[meta_pos(t, grp, false)] = p.s16;
-  reinterpret_cast<__half*>(blk + 1280)[meta_pos(t, grp, false)] = __float2half_rn(p.z + 1024.f);
+  for (int i = 0; i < 32; ++i) codes[t * D + grp * 32 + i] = static_cast<uint8_t>(int_zero_code(x[i], p));
+  reinterpret_cast<__half*>(blk + Dims<D>::kScaleOff)[meta_pos(t, grp, false)] = p.s16;
+  reinterpret_cast<__half*>(blk + Dims<D>::kZeroOff)[meta_pos(t, grp, false)] = __float2half_rn(p.z + 1024.f);
   __syncthreads();
-  store_value_words(codes, blk, tid, 128);
+  store_value_words<D>(codes, blk, tid, D);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -420,15 +544,18 @@ __device__ __forceinline__ uint32_t movtrans(uint32_t a) {
   return d;
 }
 
-__device__ __forceinline__ uint32_t word_of(const uint4& a, const uint4& b, int i) {
-  // i is a compile-time constant after unrolling
-  return i == 0 ? a.x : i == 1 ? a.y : i == 2 ? a.z : i == 3 ? a.w : i == 4 ? b.x : i == 5 ? b.y : i == 6 ? b.z : b.w;
+// word i of a lane's D/16 packed words (i is a compile-time constant after unrolling)
+template <int N>
+__device__ __forceinline__ uint32_t word_of(const uint4 (&w)[N], int i) {
+  const uint4& a = w[i >> 2];
+  const int c = i & 3;
+  return c == 0 ? a.x : c == 1 ? a.y : c == 2 ? a.z : a.w;
 }
 
 struct DecodeParams {
   const void* q;          // [B, Hq, D]
-  const uint8_t* kdata;   // [B, Hkv, Gcap, 1536]
-  const uint8_t* vdata;   // [B, Hkv, Gcap, 1536]
+  const uint8_t* kdata;   // [B, Hkv, Gcap, 12 D]
+  const uint8_t* vdata;   // [B, Hkv, Gcap, 12 D]
   const float* norms;     // [B, Tcap]
   const int* qlen;        // [B] quantized tokens (multiple of 32)
   const void* rk;         // [B, Hkv, R, D] rotated residual keys
@@ -444,17 +571,30 @@ struct DecodeParams {
   int rotate;             // 1: Hadamard-rotate the query (OScaR); 0: keys are in the query's basis (KIVI)
 };
 
-// smem layout of the decode CTA: q [8][128] fp32 (4 KB), then per-warp pipeline stages; the merge area
-// (m, l [kNW][8], o [kNW][8][128] fp32) reuses the pipeline area after a barrier.
-constexpr int kQBytes = 8 * kD * 4;
-constexpr int kPipeBytes = kNW * kStages * kStageBytes;
-constexpr int kMergeBytes = (2 * kNW * 8 + kNW * 8 * kD) * 4;
-constexpr int kDecodeSmem = kQBytes + (kPipeBytes > kMergeBytes ? kPipeBytes : kMergeBytes);
+// smem layout of the decode CTA: q [8][D] fp32 (4 KB for D = 128), then per-warp pipeline stages; the merge
+// area (m, l [kNW][8], o [kNW][8][D] fp32) reuses the pipeline area after a barrier. D = 256 needs 82 KB
+// (above the default 48 KB: the launcher raises the limit) and up to 255 registers: 2 CTAs per SM.
+template <int D>
+struct DecodeCfg {
+  static constexpr int kQBytes = 8 * D * 4;
+  static constexpr int kPipeBytes = kNW * kStages * Dims<D>::kStageBytes;
+  static constexpr int kMergeBytes = (2 * kNW * 8 + kNW * 8 * D) * 4;
+  static constexpr int kSmem = kQBytes + (kPipeBytes > kMergeBytes ? kPipeBytes : kMergeBytes);
+  static constexpr int kMinCtas = D > 128 ? 2 : 4;  // per SM, the register budget of __launch_bounds__
+};
 
-// FM = float-minimum metadata (KIVI: x = s * code + mn, the stored "zero" is mn); otherwise the integer
-// zero point (stored 1024 + z). Token norms are optional (P.norms == nullptr: no token scaling).
-template <typename T, int GQA, bool FM>
-__global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
+template <typename T, int D, int GQA, bool FM>
+__global__ void __launch_bounds__(128, DecodeCfg<D>::kMinCtas) decode_kernel(DecodeParams P) {
+  constexpr int kD = D;
+  constexpr int kE = Dims<D>::kE;          // residual / query: channels per lane
+  constexpr int kTiles = Dims<D>::kTiles;  // 16-channel tiles
+  constexpr int kGroups = Dims<D>::kGroups;
+  constexpr int kBlk = Dims<D>::kBlk;
+  constexpr int kBlkChunks = kBlk / 16;
+  constexpr int kStageBytes = Dims<D>::kStageBytes;
+  constexpr int kStageChunks = Dims<D>::kStageChunks;
+  constexpr int kQBytes = DecodeCfg<D>::kQBytes;
+  constexpr float kInvSqrtD = Dims<D>::kInvSqrt;
   extern __shared__ __align__(16) uint8_t smem[];
   float* qs = reinterpret_cast<float*>(smem);
   uint8_t* pipe = smem + kQBytes;
@@ -491,13 +631,15 @@ __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
     const uint8_t* ns = reinterpret_cast<const uint8_t*>(nbase + gi * kGT);
 #pragma unroll
     for (int c = lane; c < stage_chunks; c += 32) {
-      const uint8_t* src = c < 96 ? ks + c * 16 : c < 192 ? vs + (c - 96) * 16 : ns + (c - 192) * 16;
+      const uint8_t* src = c < kBlkChunks         ? ks + c * 16
+                           : c < 2 * kBlkChunks ? vs + (c - kBlkChunks) * 16
+                                                : ns + (c - 2 * kBlkChunks) * 16;
       cp_async16(dst + c * 16, src);
     }
   };
 
   // residual CTAs: issue their global loads (8 tokens per warp) before the prologue as well
-  uint2 kr[8], vr[8];
+  Vec16<kE> kr[8], vr[8];
   const int L = P.rlen[b];
   const int t0 = (split - P.nsplit) * kGT + warp * 8;
   const T* rkp = reinterpret_cast<const T*>(P.rk) + (static_cast<size_t>(b) * P.Hkv + hk) * P.R * kD;
@@ -506,11 +648,11 @@ __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
   for (int j = 0; j < 8; ++j) {
     const int t = t0 + j;
     if (residual_cta && t < L) {
-      kr[j] = *reinterpret_cast<const uint2*>(rkp + static_cast<size_t>(t) * kD + lane * 4);
-      vr[j] = *reinterpret_cast<const uint2*>(rvp + static_cast<size_t>(t) * kD + lane * 4);
+      kr[j] = *reinterpret_cast<const Vec16<kE>*>(rkp + static_cast<size_t>(t) * kD + lane * kE);
+      vr[j] = *reinterpret_cast<const Vec16<kE>*>(rvp + static_cast<size_t>(t) * kD + lane * kE);
     } else {
-      kr[j] = make_uint2(0u, 0u);
-      vr[j] = make_uint2(0u, 0u);
+      kr[j] = Vec16<kE>{};
+      vr[j] = Vec16<kE>{};
     }
   }
   if (!residual_cta) {
@@ -524,32 +666,28 @@ __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
   // ---- query: load, rotate (normalized FWHT in fp32), fold softmax scale * log2(e) ----
   const T* qp = reinterpret_cast<const T*>(P.q) + (static_cast<size_t>(b) * Hq + hk * GQA) * kD;
   for (int j = warp; j < 8; j += kNW) {
-    float v[4] = {0.f, 0.f, 0.f, 0.f};
+    float v[kE] = {};
     if (j < GQA) {
-      const uint2 raw = *reinterpret_cast<const uint2*>(qp + j * kD + lane * 4);
+      const Vec16<kE> raw = *reinterpret_cast<const Vec16<kE>*>(qp + j * kD + lane * kE);
       const T* e = reinterpret_cast<const T*>(&raw);
-      const float a0 = Cvt<T>::to_f(e[0]), a1 = Cvt<T>::to_f(e[1]), a2 = Cvt<T>::to_f(e[2]),
-                  a3 = Cvt<T>::to_f(e[3]);
-      v[0] = a0;
-      v[1] = a1;
-      v[2] = a2;
-      v[3] = a3;
-      if (P.rotate) fwht128_warp(v, lane);
+#pragma unroll
+      for (int i = 0; i < kE; ++i) v[i] = Cvt<T>::to_f(e[i]);
+      if (P.rotate) fwht_warp<kE>(v, lane);
     }
-    *reinterpret_cast<float4*>(qs + j * kD + lane * 4) = make_float4(v[0], v[1], v[2], v[3]);
+    store_f<kE>(qs + j * kD + lane * kE, v);
   }
   __syncthreads();
   const float qmul = (P.rotate ? kInvSqrtD : 1.f) * P.scale_log2;  // the FWHT above is unnormalized
 
   float m_w[2] = {kNegBig, kNegBig};  // quantized path: heads 2t, 2t+1
   if (residual_cta) {
-    // ---- residual window, 32 tokens per CTA: warp = 8 tokens (all loads issued up front), lane = 4
+    // ---- residual window, 32 tokens per CTA: warp = 8 tokens (all loads issued up front), lane = D/32
     // channels, fp32 ----
-    float qf[GQA][4];
+    float qf[GQA][kE];
 #pragma unroll
     for (int j = 0; j < GQA; ++j)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) qf[j][i] = qs[j * kD + lane * 4 + i] * qmul;
+      for (int i = 0; i < kE; ++i) qf[j][i] = qs[j * kD + lane * kE + i] * qmul;
     __syncthreads();  // the merge area (pipe) is not q's; kept for symmetry with the other branch
 #pragma unroll
     for (int h = 0; h < GQA; ++h) {
@@ -557,8 +695,10 @@ __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         const T* ke = reinterpret_cast<const T*>(&kr[j]);
-        sc[j] = qf[h][0] * Cvt<T>::to_f(ke[0]) + qf[h][1] * Cvt<T>::to_f(ke[1]) +
-                qf[h][2] * Cvt<T>::to_f(ke[2]) + qf[h][3] * Cvt<T>::to_f(ke[3]);
+        float d = qf[h][0] * Cvt<T>::to_f(ke[0]);
+#pragma unroll
+        for (int i = 1; i < kE; ++i) d = d + qf[h][i] * Cvt<T>::to_f(ke[i]);
+        sc[j] = d;
       }
 #pragma unroll
       for (int mm = 16; mm >= 1; mm >>= 1)
@@ -567,29 +707,29 @@ __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
       float m = kNegBig;
 #pragma unroll
       for (int j = 0; j < 8; ++j) m = (t0 + j < L) ? fmaxf(m, sc[j]) : m;
-      float l = 0.f, o[4] = {0.f, 0.f, 0.f, 0.f};
+      float l = 0.f, o[kE] = {};
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         const float pr = (t0 + j < L) ? exp2f(sc[j] - m) : 0.f;
         const T* ve = reinterpret_cast<const T*>(&vr[j]);
         l += pr;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) o[i] += pr * Cvt<T>::to_f(ve[i]);
+        for (int i = 0; i < kE; ++i) o[i] += pr * Cvt<T>::to_f(ve[i]);
       }
       if (lane == 0) {
         mg_m[warp * 8 + h] = m;
         mg_l[warp * 8 + h] = l;
       }
 #pragma unroll
-      for (int i = 0; i < 4; ++i) mg_o[(warp * 8 + h) * kD + lane * 4 + i] = o[i];
+      for (int i = 0; i < kE; ++i) mg_o[(warp * 8 + h) * kD + lane * kE + i] = o[i];
     }
   } else {
     // ---- quantized part ----
     const int g = lane >> 2, t4 = lane & 3;
     // B operand of QK: Q'[channel][head g] = q * scale; q as half2 pairs of channels (16kt+2t, +1), (+8).
-    __half2 qh[8][2];
+    __half2 qh[kTiles][2];
 #pragma unroll
-    for (int kt = 0; kt < 8; ++kt) {
+    for (int kt = 0; kt < kTiles; ++kt) {
 #pragma unroll
       for (int hi = 0; hi < 2; ++hi) {
         int c = kt * 16 + hi * 8 + t4 * 2;
@@ -598,9 +738,9 @@ __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
         qh[kt][hi] = __floats2half2_rn(x0, x1);
       }
     }
-    float o[8][4];
+    float o[kTiles][4];
 #pragma unroll
-    for (int i = 0; i < 8; ++i)
+    for (int i = 0; i < kTiles; ++i)
 #pragma unroll
       for (int j = 0; j < 4; ++j) o[i][j] = 0.f;
     float l_w[2] = {0.f, 0.f};
@@ -616,17 +756,18 @@ __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
       __syncwarp();
       if (P.mode & 4) continue;
       const uint8_t* st = wpipe + (i % kStages) * kStageBytes;
-      const uint4 kw0 = reinterpret_cast<const uint4*>(st)[lane];
-      const uint4 kw1 = reinterpret_cast<const uint4*>(st)[32 + lane];
-      // metadata: this thread's 16 fp16 pairs of scale and of 1024 + zero, four 16-byte loads each
-      const uint4* ksc4 = reinterpret_cast<const uint4*>(st + 1024) + t4;
-      const uint4* kzz4 = reinterpret_cast<const uint4*>(st + 1280) + t4;
+      uint4 kw[kTiles / 4];
+#pragma unroll
+      for (int i = 0; i < kTiles / 4; ++i) kw[i] = reinterpret_cast<const uint4*>(st)[32 * i + lane];
+      // metadata: this thread's D/8 fp16 pairs of scale and of 1024 + zero, D/32 16-byte loads each
+      const uint4* ksc4 = reinterpret_cast<const uint4*>(st + Dims<D>::kScaleOff) + t4;
+      const uint4* kzz4 = reinterpret_cast<const uint4*>(st + Dims<D>::kZeroOff) + t4;
       const uint8_t* vst = st + kBlk;
-      const uint4* vsc4 = reinterpret_cast<const uint4*>(vst + 1024) + t4;
-      const uint4* vzz4 = reinterpret_cast<const uint4*>(vst + 1280) + t4;
+      const uint4* vsc4 = reinterpret_cast<const uint4*>(vst + Dims<D>::kScaleOff) + t4;
+      const uint4* vzz4 = reinterpret_cast<const uint4*>(vst + Dims<D>::kZeroOff) + t4;
       const float* nr = reinterpret_cast<const float*>(st + 2 * kBlk);
 
-      // S = K Q' : rows = tokens (2 m-tiles of 16), cols = heads (8), k = channels (8 k-tiles of 16).
+      // S = K Q' : rows = tokens (2 m-tiles of 16), cols = heads (8), k = channels (D/16 k-tiles of 16).
       // A holds 1024 + code (exact fp16, one LOP3 per pair) minus 1024 + zero (HSUB2, exact), or with
       // OSCAR_K_HSUB=0 the offset and zero point are removed by one more MMA per k-tile whose A rows are all
       // 1024 + zero (bias, identical for every token).
@@ -634,8 +775,8 @@ __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
 #pragma unroll
       for (int j = 0; j < 4; ++j) acc[0][j] = acc[1][j] = accb[j] = 0.f;
 #pragma unroll
-      for (int kt = 0; kt < 8; ++kt) {
-        const uint32_t w = word_of(kw0, kw1, kt);
+      for (int kt = 0; kt < kTiles; ++kt) {
+        const uint32_t w = word_of(kw, kt);
         const uint4 sq = ksc4[(kt >> 1) * 4], zq = kzz4[(kt >> 1) * 4];
         const uint32_t za = (kt & 1) ? zq.z : zq.x, zb = (kt & 1) ? zq.w : zq.y;
         const uint32_t b0 = h2u(__hmul2(qh[kt][0], u2h((kt & 1) ? sq.z : sq.x)));
@@ -698,7 +839,7 @@ __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
       l_w[1] = l_w[1] * alpha[1] + lsum[1];
       if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
 #pragma unroll
-        for (int ct = 0; ct < 8; ++ct) {
+        for (int ct = 0; ct < kTiles; ++ct) {
           o[ct][0] *= alpha[0];
           o[ct][1] *= alpha[1];
           o[ct][2] *= alpha[0];
@@ -709,20 +850,21 @@ __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
           vb[1] *= alpha[1];
         }
       }
-      // O^T += V^T P'^T : rows = channels (8 tiles), cols = heads, k = tokens (2 k-steps of 16).
-      const uint4 vw0 = reinterpret_cast<const uint4*>(vst)[lane];
-      const uint4 vw1 = reinterpret_cast<const uint4*>(vst)[32 + lane];
+      // O^T += V^T P'^T : rows = channels (D/16 tiles), cols = heads, k = tokens (2 k-steps of 16).
+      uint4 vw[kTiles / 4];
+#pragma unroll
+      for (int i = 0; i < kTiles / 4; ++i) vw[i] = reinterpret_cast<const uint4*>(vst)[32 * i + lane];
       if (FM) {
-        // sum_t p_t mn_tg: one MMA per 16 tokens, A rows = the 4 groups' mn (rows 4..15 zero), B = p
-        const uint4 zg = vzz4[(g & 3) * 4];
+        // sum_t p_t mn_tg: one MMA per 16 tokens, A rows = the D/32 groups' mn (rows D/32..15 zero), B = p
+        const uint4 zg = vzz4[(g & (kGroups - 1)) * 4];
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
-          const uint32_t alo = g < 4 ? (mt ? zg.z : zg.x) : 0u, ahi = g < 4 ? (mt ? zg.w : zg.y) : 0u;
+          const uint32_t alo = g < kGroups ? (mt ? zg.z : zg.x) : 0u, ahi = g < kGroups ? (mt ? zg.w : zg.y) : 0u;
           mma16816(vb, alo, 0u, ahi, 0u, pb[mt][0], pb[mt][1]);
         }
       }
 #pragma unroll
-      for (int grp = 0; grp < 4; ++grp) {
+      for (int grp = 0; grp < kGroups; ++grp) {
         const uint4 sq = vsc4[grp * 4], zq = vzz4[grp * 4];
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
@@ -734,7 +876,7 @@ __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
 #pragma unroll
           for (int cc = 0; cc < 2; ++cc) {
             const int ct = grp * 2 + cc;
-            const uint32_t w = word_of(vw0, vw1, ct);
+            const uint32_t w = word_of(vw, ct);
             if (mt == 0) {
               mma16816(o[ct], h2u(__hsub2(u2h(dqr<0>(w, magic)), hza)), h2u(__hsub2(u2h(dqr<1>(w, magic)), hza)),
                        h2u(__hsub2(u2h(dqr<2>(w, magic)), hzb)), h2u(__hsub2(u2h(dqr<3>(w, magic)), hzb)), b0, b1);
@@ -752,11 +894,11 @@ __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
     for (int hc = 0; hc < 2; ++hc)
 #pragma unroll
       for (int mm = 4; mm <= 16; mm <<= 1) l_w[hc] += __shfl_xor_sync(0xffffffffu, l_w[hc], mm);
-    float bias[2][4];  // FM: the value offset of channel group grp for heads 2 t4 + hc (lane grp * 4 + t4 has it)
+    float bias[2][kGroups];  // FM: the value offset of channel group grp, heads 2 t4 + hc (lane grp * 4 + t4 has it)
 #pragma unroll
     for (int hc = 0; hc < 2; ++hc)
 #pragma unroll
-      for (int grp = 0; grp < 4; ++grp) bias[hc][grp] = FM ? __shfl_sync(0xffffffffu, vb[hc], grp * 4 + t4) : 0.f;
+      for (int grp = 0; grp < kGroups; ++grp) bias[hc][grp] = FM ? __shfl_sync(0xffffffffu, vb[hc], grp * 4 + t4) : 0.f;
     __syncthreads();  // every warp is done with its pipeline stages: the merge area may be written
 #pragma unroll
     for (int hc = 0; hc < 2; ++hc) {
@@ -767,7 +909,7 @@ __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
           mg_l[warp * 8 + hh] = l_w[hc];
         }
 #pragma unroll
-        for (int ct = 0; ct < 8; ++ct) {
+        for (int ct = 0; ct < kTiles; ++ct) {
           mg_o[(warp * 8 + hh) * kD + ct * 16 + g] = o[ct][hc] + bias[hc][ct >> 1];
           mg_o[(warp * 8 + hh) * kD + ct * 16 + 8 + g] = o[ct][2 + hc] + bias[hc][ct >> 1];
         }
@@ -775,37 +917,44 @@ __global__ void __launch_bounds__(128, 4) decode_kernel(DecodeParams P) {
     }
   }
   __syncthreads();
-  // ---- merge the warps; thread = channel ----
-  const int c = tid;
+  // ---- merge the warps; thread = channel (D = 256: two channels each; D = 64: threads 64.. idle) ----
 #pragma unroll
-  for (int j = 0; j < GQA; ++j) {
-    float M = kNegBig;
+  for (int rep = 0; rep < (D + 127) / 128; ++rep) {
+    const int c = tid + 128 * rep;
+    if (D < 128 && c >= D) break;
 #pragma unroll
-    for (int w = 0; w < kNW; ++w) M = fmaxf(M, mg_m[w * 8 + j]);
-    float L = 0.f, O = 0.f;
+    for (int j = 0; j < GQA; ++j) {
+      float M = kNegBig;
 #pragma unroll
-    for (int w = 0; w < kNW; ++w) {
-      const float e = exp2f(mg_m[w * 8 + j] - M);
-      L += mg_l[w * 8 + j] * e;
-      O += mg_o[(w * 8 + j) * kD + c] * e;
-    }
-    const size_t row = (static_cast<size_t>(b) * Hq + hk * GQA + j) * S + split;
-    P.po[row * kD + c] = O;
-    if (c == 0) {
-      P.pm[row] = M;
-      P.pl[row] = L;
+      for (int w = 0; w < kNW; ++w) M = fmaxf(M, mg_m[w * 8 + j]);
+      float L = 0.f, O = 0.f;
+#pragma unroll
+      for (int w = 0; w < kNW; ++w) {
+        const float e = exp2f(mg_m[w * 8 + j] - M);
+        L += mg_l[w * 8 + j] * e;
+        O += mg_o[(w * 8 + j) * kD + c] * e;
+      }
+      const size_t row = (static_cast<size_t>(b) * Hq + hk * GQA + j) * S + split;
+      P.po[row * kD + c] = O;
+      if (c == 0) {
+        P.pm[row] = M;
+        P.pl[row] = L;
+      }
     }
   }
 }
 
 // Combine the splits of one (sequence, query head): weights in smem, the S partial outputs read by eight
-// warps in parallel (float4 per lane, eight loads in flight per warp), reduced in smem. Dynamic smem: S floats.
+// warps in parallel (D/32 floats per lane, eight loads in flight per warp), reduced in smem. Dynamic smem:
+// S floats.
 constexpr int kCombineWarps = 8;
-template <typename T>
+template <typename T, int D>
 __global__ void __launch_bounds__(32 * kCombineWarps) combine_kernel(const float* __restrict__ pm,
                                                                      const float* __restrict__ pl,
                                                                      const float* __restrict__ po,
                                                                      T* __restrict__ out, int S) {
+  constexpr int kD = D;
+  constexpr int kE = Dims<D>::kE;
   extern __shared__ float wts[];  // [S]
   __shared__ float red[kCombineWarps][kD];
   __shared__ float sc[2 * kCombineWarps];
@@ -837,17 +986,28 @@ __global__ void __launch_bounds__(32 * kCombineWarps) combine_kernel(const float
   L = 0.f;
 #pragma unroll
   for (int w = 0; w < kCombineWarps; ++w) L += sc[kCombineWarps + w];
-  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  // lane = channels kE lane .. kE lane + kE-1 as kNV float2 / float4 vectors
+  using FV = typename std::conditional<kE == 2, float2, float4>::type;
+  constexpr int kNV = kE == 2 ? 1 : kE / 4;
+  FV acc[kNV];
+#pragma unroll
+  for (int i = 0; i < kNV; ++i) acc[i] = FV{};
 #pragma unroll 8
   for (int s = warp; s < S; s += kCombineWarps) {
     const float e = wts[s];
-    const float4 v = reinterpret_cast<const float4*>(o + static_cast<size_t>(s) * kD)[lane];
-    acc.x += e * v.x;
-    acc.y += e * v.y;
-    acc.z += e * v.z;
-    acc.w += e * v.w;
+#pragma unroll
+    for (int i = 0; i < kNV; ++i) {
+      const FV v = reinterpret_cast<const FV*>(o + static_cast<size_t>(s) * kD)[lane * kNV + i];
+      acc[i].x += e * v.x;
+      acc[i].y += e * v.y;
+      if constexpr (kE != 2) {
+        acc[i].z += e * v.z;
+        acc[i].w += e * v.w;
+      }
+    }
   }
-  reinterpret_cast<float4*>(red[warp])[lane] = acc;
+#pragma unroll
+  for (int i = 0; i < kNV; ++i) reinterpret_cast<FV*>(red[warp])[lane * kNV + i] = acc[i];
   __syncthreads();
   if (tid < kD) {
     float O = 0.f;
@@ -860,119 +1020,193 @@ __global__ void __launch_bounds__(32 * kCombineWarps) combine_kernel(const float
 // ------------------------------------------------------------------------------------------------
 // Append one decode token per sequence to the full-precision window: grid (Hkv, B), one warp.
 // res_k[b, h, slot[b]] = the Hadamard-rotated key (rotate = 1: OScaR; the reference's butterfly order in
-// fp32, times 1/sqrt(128), rounded to T) or the key as is (KIVI); res_v[b, h, slot[b]] = the value.
-// Slots outside [0, R) write nothing. Lane = channels 4 lane .. 4 lane + 3.
+// fp32, times 1/sqrt(D), rounded to T) or the key as is (KIVI); res_v[b, h, slot[b]] = the value.
+// Slots outside [0, R) write nothing. Lane = channels E lane .. E lane + E-1 (E = D/32).
 // ------------------------------------------------------------------------------------------------
-template <typename T>
+template <typename T, int D>
 __global__ void __launch_bounds__(32) append_window_kernel(const T* __restrict__ k, const T* __restrict__ v,
                                                            T* __restrict__ rk, T* __restrict__ rv,
                                                            const int* __restrict__ slot, int Hkv, int R,
                                                            int rotate) {
+  constexpr int kE = Dims<D>::kE;
+  using V = Vec16<kE>;
   const int h = blockIdx.x, b = blockIdx.y, lane = threadIdx.x;
   const int s = slot[b];
   if (s < 0 || s >= R) return;
-  const size_t src = (static_cast<size_t>(b) * Hkv + h) * kD + lane * 4;
-  const size_t dst = ((static_cast<size_t>(b) * Hkv + h) * R + s) * kD + lane * 4;
-  uint2 kraw = *reinterpret_cast<const uint2*>(k + src);
+  const size_t src = (static_cast<size_t>(b) * Hkv + h) * D + lane * kE;
+  const size_t dst = ((static_cast<size_t>(b) * Hkv + h) * R + s) * D + lane * kE;
+  V kraw = *reinterpret_cast<const V*>(k + src);
   if (rotate) {
     const T* e = reinterpret_cast<const T*>(&kraw);
-    float x[4] = {Cvt<T>::to_f(e[0]), Cvt<T>::to_f(e[1]), Cvt<T>::to_f(e[2]), Cvt<T>::to_f(e[3])};
-    fwht128_warp(x, lane);
-    T r[4];
+    float x[kE];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) r[i] = Cvt<T>::from_f(x[i] * kInvSqrtD);
-    kraw = *reinterpret_cast<const uint2*>(r);
+    for (int i = 0; i < kE; ++i) x[i] = Cvt<T>::to_f(e[i]);
+    fwht_warp<kE>(x, lane);
+    V rot;
+    T* r = reinterpret_cast<T*>(&rot);
+#pragma unroll
+    for (int i = 0; i < kE; ++i) r[i] = Cvt<T>::from_f(x[i] * Dims<D>::kInvSqrt);
+    kraw = rot;
   }
-  *reinterpret_cast<uint2*>(rk + dst) = kraw;
-  *reinterpret_cast<uint2*>(rv + dst) = *reinterpret_cast<const uint2*>(v + src);
+  *reinterpret_cast<V*>(rk + dst) = kraw;
+  *reinterpret_cast<V*>(rv + dst) = *reinterpret_cast<const V*>(v + src);
 }
 
 // ------------------------------------------------------------------------------------------------
-// Host launchers (return a cudaError_t; dtype: 0 = bf16, 1 = fp16).
+// Host launchers (return a cudaError_t; dtype: 0 = bf16, 1 = fp16; D: the head dim, 64, 128 or 256 — any
+// other gives cudaErrorInvalidValue, the binding names the parameter first).
 // ------------------------------------------------------------------------------------------------
-int launch_pack_keys(const void* k, uint8_t* out, float* norms, int N, int H, int Tn, int dtype, bool rotate,
-                     cudaStream_t stream) {
+template <int D>
+static int launch_pack_keys_d(const void* k, uint8_t* out, float* norms, int N, int H, int Tn, int dtype,
+                              bool rotate, cudaStream_t stream) {
   const int G = Tn / kGT;
-  const size_t smem = pack_keys_smem(H, 2);
-  constexpr int kMaxSmem = static_cast<int>(pack_keys_smem(16, 2));  // H <= 16 (checked by the binding)
+  const size_t smem = pack_keys_smem<D>(H, 2);
+  // H <= PackKeysCfg<D>::kMaxHeads (checked by the binding)
+  constexpr int kMaxSmem = static_cast<int>(pack_keys_smem<D>(PackKeysCfg<D>::kMaxHeads, 2));
   static bool attr_set = false;  // set once, outside any graph capture of a later call
   if (!attr_set) {
-    cudaFuncSetAttribute(pack_keys_kernel<__nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
-    cudaFuncSetAttribute(pack_keys_kernel<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
+    cudaFuncSetAttribute(pack_keys_kernel<__nv_bfloat16, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
+    cudaFuncSetAttribute(pack_keys_kernel<__half, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
     attr_set = true;
   }
   dim3 grid(G, N);
   if (dtype == 0)
-    pack_keys_kernel<__nv_bfloat16><<<grid, 128, smem, stream>>>(static_cast<const __nv_bfloat16*>(k), out, norms, H, Tn,
-                                                                  G, rotate ? 1 : 0);
+    pack_keys_kernel<__nv_bfloat16, D><<<grid, 128, smem, stream>>>(static_cast<const __nv_bfloat16*>(k), out, norms,
+                                                                     H, Tn, G, rotate ? 1 : 0);
   else
-    pack_keys_kernel<__half><<<grid, 128, smem, stream>>>(static_cast<const __half*>(k), out, norms, H, Tn, G,
-                                                           rotate ? 1 : 0);
+    pack_keys_kernel<__half, D><<<grid, 128, smem, stream>>>(static_cast<const __half*>(k), out, norms, H, Tn, G,
+                                                              rotate ? 1 : 0);
   return static_cast<int>(cudaGetLastError());
 }
 
-int launch_pack_values(const void* v, uint8_t* out, int N, int H, int Tn, int dtype, cudaStream_t stream) {
+int launch_pack_keys(const void* k, uint8_t* out, float* norms, int N, int H, int Tn, int D, int dtype,
+                     bool rotate, cudaStream_t stream) {
+  switch (D) {
+    case 64: return launch_pack_keys_d<64>(k, out, norms, N, H, Tn, dtype, rotate, stream);
+    case 128: return launch_pack_keys_d<128>(k, out, norms, N, H, Tn, dtype, rotate, stream);
+    case 256: return launch_pack_keys_d<256>(k, out, norms, N, H, Tn, dtype, rotate, stream);
+    default: return static_cast<int>(cudaErrorInvalidValue);
+  }
+}
+
+int pack_keys_max_heads(int D) {
+  switch (D) {
+    case 64: return PackKeysCfg<64>::kMaxHeads;
+    case 128: return PackKeysCfg<128>::kMaxHeads;
+    case 256: return PackKeysCfg<256>::kMaxHeads;
+    default: return 0;
+  }
+}
+
+template <int D>
+static int launch_pack_values_d(const void* v, uint8_t* out, int N, int H, int Tn, int dtype, cudaStream_t stream) {
   const int G = Tn / kGT;
   dim3 grid(G, H, N);
   if (dtype == 0)
-    pack_values_kernel<__nv_bfloat16><<<grid, 128, 0, stream>>>(static_cast<const __nv_bfloat16*>(v), out, H, Tn, G);
+    pack_values_kernel<__nv_bfloat16, D><<<grid, D, 0, stream>>>(static_cast<const __nv_bfloat16*>(v), out, H, Tn, G);
   else
-    pack_values_kernel<__half><<<grid, 128, 0, stream>>>(static_cast<const __half*>(v), out, H, Tn, G);
+    pack_values_kernel<__half, D><<<grid, D, 0, stream>>>(static_cast<const __half*>(v), out, H, Tn, G);
   return static_cast<int>(cudaGetLastError());
 }
 
-template <typename T, int GQA>
+int launch_pack_values(const void* v, uint8_t* out, int N, int H, int Tn, int D, int dtype, cudaStream_t stream) {
+  switch (D) {
+    case 64: return launch_pack_values_d<64>(v, out, N, H, Tn, dtype, stream);
+    case 128: return launch_pack_values_d<128>(v, out, N, H, Tn, dtype, stream);
+    case 256: return launch_pack_values_d<256>(v, out, N, H, Tn, dtype, stream);
+    default: return static_cast<int>(cudaErrorInvalidValue);
+  }
+}
+
+template <typename T, int D, int GQA>
 static void launch_decode_t(const DecodeParams& p, int B, int phases, bool fm, cudaStream_t stream) {
-  static_assert(kDecodeSmem <= 48 * 1024, "decode smem above the default 48 KB limit");
+  constexpr int kSmem = DecodeCfg<D>::kSmem;
+  static_assert(D > 128 || kSmem <= 48 * 1024, "decode smem above the default 48 KB limit");
+  if constexpr (kSmem > 48 * 1024) {
+    static bool attr_set = false;  // set once, outside any graph capture of a later call
+    if (!attr_set) {
+      cudaFuncSetAttribute(decode_kernel<T, D, GQA, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+      cudaFuncSetAttribute(decode_kernel<T, D, GQA, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+      attr_set = true;
+    }
+  }
   const int S = p.nsplit + (p.R + kGT - 1) / kGT;
   dim3 grid(S, p.Hkv, B);
   if (phases & 1) {
     if (fm)
-      decode_kernel<T, GQA, true><<<grid, 128, kDecodeSmem, stream>>>(p);
+      decode_kernel<T, D, GQA, true><<<grid, 128, kSmem, stream>>>(p);
     else
-      decode_kernel<T, GQA, false><<<grid, 128, kDecodeSmem, stream>>>(p);
+      decode_kernel<T, D, GQA, false><<<grid, 128, kSmem, stream>>>(p);
   }
   if (phases & 2)
-    combine_kernel<T><<<B * p.Hkv * GQA, 32 * kCombineWarps, S * sizeof(float), stream>>>(p.pm, p.pl, p.po,
-                                                                                        static_cast<T*>(p.out), S);
+    combine_kernel<T, D><<<B * p.Hkv * GQA, 32 * kCombineWarps, S * sizeof(float), stream>>>(
+        p.pm, p.pl, p.po, static_cast<T*>(p.out), S);
 }
 
-template <typename T>
+template <typename T, int D>
 static int launch_decode_dt(const DecodeParams& p, int B, int gqa, int phases, bool fm, cudaStream_t stream) {
   switch (gqa) {
-    case 1: launch_decode_t<T, 1>(p, B, phases, fm, stream); break;
-    case 2: launch_decode_t<T, 2>(p, B, phases, fm, stream); break;
-    case 4: launch_decode_t<T, 4>(p, B, phases, fm, stream); break;
-    case 8: launch_decode_t<T, 8>(p, B, phases, fm, stream); break;
+    case 1: launch_decode_t<T, D, 1>(p, B, phases, fm, stream); break;
+    case 2: launch_decode_t<T, D, 2>(p, B, phases, fm, stream); break;
+    case 4: launch_decode_t<T, D, 4>(p, B, phases, fm, stream); break;
+    case 8: launch_decode_t<T, D, 8>(p, B, phases, fm, stream); break;
     default: return static_cast<int>(cudaErrorInvalidValue);
   }
   return static_cast<int>(cudaGetLastError());
 }
 
+template <typename T>
+static int launch_decode_hd(const DecodeParams& p, int B, int D, int gqa, int phases, bool fm, cudaStream_t stream) {
+  switch (D) {
+    case 64: return launch_decode_dt<T, 64>(p, B, gqa, phases, fm, stream);
+    case 128: return launch_decode_dt<T, 128>(p, B, gqa, phases, fm, stream);
+    case 256: return launch_decode_dt<T, 256>(p, B, gqa, phases, fm, stream);
+    default: return static_cast<int>(cudaErrorInvalidValue);
+  }
+}
+
 int launch_decode(const void* q, const uint8_t* kdata, const uint8_t* vdata, const float* norms, const int* qlen,
                   const void* rk, const void* rv, const int* rlen, float* pm, float* pl, float* po, void* out,
-                  int B, int Hkv, int gqa, int Gcap, int Tcap, int R, int nsplit, int gps, float scale_log2,
+                  int B, int Hkv, int D, int gqa, int Gcap, int Tcap, int R, int nsplit, int gps, float scale_log2,
                   int dtype, int phases, bool float_min, bool rotate, cudaStream_t stream) {
   DecodeParams p{q, kdata, vdata, norms, qlen, rk, rv, rlen, pm, pl, po, out, Hkv, Gcap, Tcap, R, nsplit, gps,
                  scale_log2, phases & 12, rotate ? 1 : 0};
-  if (dtype == 0) return launch_decode_dt<__nv_bfloat16>(p, B, gqa, phases, float_min, stream);
-  return launch_decode_dt<__half>(p, B, gqa, phases, float_min, stream);
+  if (dtype == 0) return launch_decode_hd<__nv_bfloat16>(p, B, D, gqa, phases, float_min, stream);
+  return launch_decode_hd<__half>(p, B, D, gqa, phases, float_min, stream);
 }
 
-int launch_append_window(const void* k, const void* v, void* rk, void* rv, const int* slot, int B, int Hkv, int R,
-                         bool rotate, int dtype, cudaStream_t stream) {
+template <int D>
+static int launch_append_window_d(const void* k, const void* v, void* rk, void* rv, const int* slot, int B, int Hkv,
+                                  int R, bool rotate, int dtype, cudaStream_t stream) {
   dim3 grid(Hkv, B);
   if (dtype == 0)
-    append_window_kernel<__nv_bfloat16><<<grid, 32, 0, stream>>>(
+    append_window_kernel<__nv_bfloat16, D><<<grid, 32, 0, stream>>>(
         static_cast<const __nv_bfloat16*>(k), static_cast<const __nv_bfloat16*>(v), static_cast<__nv_bfloat16*>(rk),
         static_cast<__nv_bfloat16*>(rv), slot, Hkv, R, rotate ? 1 : 0);
   else
-    append_window_kernel<__half><<<grid, 32, 0, stream>>>(static_cast<const __half*>(k), static_cast<const __half*>(v),
-                                                          static_cast<__half*>(rk), static_cast<__half*>(rv), slot,
-                                                          Hkv, R, rotate ? 1 : 0);
+    append_window_kernel<__half, D><<<grid, 32, 0, stream>>>(static_cast<const __half*>(k), static_cast<const __half*>(v),
+                                                             static_cast<__half*>(rk), static_cast<__half*>(rv), slot,
+                                                             Hkv, R, rotate ? 1 : 0);
   return static_cast<int>(cudaGetLastError());
 }
 
-int decode_smem_bytes() { return kDecodeSmem; }
+int launch_append_window(const void* k, const void* v, void* rk, void* rv, const int* slot, int B, int Hkv, int R,
+                         int D, bool rotate, int dtype, cudaStream_t stream) {
+  switch (D) {
+    case 64: return launch_append_window_d<64>(k, v, rk, rv, slot, B, Hkv, R, rotate, dtype, stream);
+    case 128: return launch_append_window_d<128>(k, v, rk, rv, slot, B, Hkv, R, rotate, dtype, stream);
+    case 256: return launch_append_window_d<256>(k, v, rk, rv, slot, B, Hkv, R, rotate, dtype, stream);
+    default: return static_cast<int>(cudaErrorInvalidValue);
+  }
+}
+
+int decode_smem_bytes(int D) {
+  switch (D) {
+    case 64: return DecodeCfg<64>::kSmem;
+    case 128: return DecodeCfg<128>::kSmem;
+    case 256: return DecodeCfg<256>::kSmem;
+    default: return 0;
+  }
+}
 
 }  // namespace oscar

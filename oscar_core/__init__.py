@@ -2,12 +2,14 @@
 
     import oscar_core as oc
     spec = oc.get_method("oscar")                        # frozen spec, paper defaults
-    cache = oc.make_cache(model, "oscar")                # prepares the model once, returns a Cache
-    out = model.generate(**inputs, past_key_values=cache)
-    k_hat = oc.reference.roundtrip_keys(spec, k)         # reference numerics
+    with oc.quantized(model, "oscar") as cache:          # the model is prepared inside the block only
+        out = model.generate(**inputs, **oc.cache_kwargs(cache))
+    cache = oc.make_cache(model, "oscar")                # prepares the model for good, returns a Cache
+    k_hat = oc.reference.roundtrip_keys(spec, k)         # reference numerics, tokens a multiple of 32
 """
 
 from oscar_core import reference
+from oscar_core.compat import cache_kwarg, cache_kwargs
 from oscar_core.methods import MethodConfigError, MethodSpec, get_method, list_methods, register_method
 
 __version__ = "0.1.0"
@@ -16,10 +18,13 @@ __all__ = [
     "MethodConfigError",
     "MethodSpec",
     "bits_per_element_for_model",
+    "cache_kwarg",
+    "cache_kwargs",
     "get_method",
     "list_methods",
     "make_cache",
     "prepare_model",
+    "quantized",
     "reference",
     "register_method",
 ]
@@ -31,6 +36,10 @@ def __getattr__(name: str):
         from oscar_core import cache
 
         return getattr(cache, name)
+    if name == "quantized":
+        from oscar_core.scoped import quantized
+
+        return quantized
     if name == "bits_per_element_for_model":
         from oscar_core import model
 

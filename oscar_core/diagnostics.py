@@ -10,12 +10,12 @@ running the prompt through the model with transformers' own dynamic cache.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
 
+from oscar_core.compat import forward_cache_kwarg
 from oscar_core.methods import MethodSpec, get_method
 from oscar_core.reference import roundtrip_keys
 
@@ -40,9 +40,7 @@ def collect_keys(model: torch.nn.Module, input_ids: torch.Tensor) -> list[torch.
 
     info = inspect_model(model)
     cache = DynamicCache(config=info.text_config)
-    with warnings.catch_warnings():  # newer transformers rename past_key_values; both still work
-        warnings.simplefilter("ignore", FutureWarning)
-        model(input_ids=input_ids, past_key_values=cache, use_cache=True)
+    model(input_ids=input_ids, **{forward_cache_kwarg(model): cache}, use_cache=True)
     return [layer.keys.float() for layer in cache.layers]
 
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from oscar_core.attention import ATTN_NAME, register
+from oscar_core.cache.attention import ATTN_NAME, register
+from oscar_core.cache.policy import FULL, SLIDING, held_tokens
+from oscar_core.decoder import text_decoder
 from oscar_core.hadamard import hadamard_matrix
-from oscar_core.methods import MethodConfigError, MethodSpec
-
-FULL, SLIDING = "full_attention", "sliding_attention"
+from oscar_core.methods.base import MethodConfigError, MethodSpec
 
 
 @dataclass
@@ -45,20 +45,6 @@ class ModelInfo:
         return [i for i, t in enumerate(self.layer_types) if t == SLIDING]
 
 
-def _text_model(model: torch.nn.Module) -> torch.nn.Module:
-    # Qwen3-Omni: the cache belongs to the thinker's text decoder.
-    if hasattr(model, "thinker"):
-        model = model.thinker
-    if hasattr(model, "get_decoder"):
-        try:
-            decoder = model.get_decoder()
-            if decoder is not None:
-                return decoder
-        except (AttributeError, NotImplementedError):
-            pass
-    return model
-
-
 def _attention_modules(decoder: torch.nn.Module) -> dict[int, torch.nn.Module]:
     found: dict[int, torch.nn.Module] = {}
     for module in decoder.modules():
@@ -68,7 +54,7 @@ def _attention_modules(decoder: torch.nn.Module) -> dict[int, torch.nn.Module]:
 
 
 def inspect_model(model: torch.nn.Module) -> ModelInfo:
-    decoder = _text_model(model)
+    decoder = text_decoder(model)
     config = getattr(decoder, "config", None)
     modules = _attention_modules(decoder)
     if config is None or not modules:
@@ -112,14 +98,6 @@ def _layer_kinds(model: torch.nn.Module, config) -> tuple[list[str], int | None]
     if len(windows) > 1:
         raise MethodConfigError(f"{name}: sliding layers with different windows {sorted(windows)} are not supported")
     return kinds, (windows.pop() if windows else None)
-
-
-def held_tokens(layer_type: str, seq_len: int, sliding_window: int | None, quantize_sliding: bool) -> int:
-    """Tokens a layer's cache holds after a step at ``seq_len`` tokens: a full-precision sliding window
-    keeps the last ``W - 1`` (transformers' ``DynamicSlidingWindowLayer``); every other layer keeps all."""
-    if layer_type == SLIDING and not quantize_sliding and sliding_window:
-        return min(seq_len, sliding_window - 1)
-    return seq_len
 
 
 def bits_per_element_for_model(spec: MethodSpec | str, model: ModelInfo | torch.nn.Module, seq_len: int,
@@ -205,7 +183,7 @@ def prepare_model(model: torch.nn.Module, spec: MethodSpec) -> ModelInfo:
       when a later method does not. Each toggle rounds the weights once to their dtype.
     * Layer inputs: methods with ``observes_layer_input`` get each decoder layer's input hidden states
       at prefill (a forward pre-hook; disabled again when preparing for another method).
-    * Attention: packed-KV methods use :data:`oscar_core.attention.ATTN_NAME` (SDPA semantics);
+    * Attention: packed-KV methods use :data:`oscar_core.cache.attention.ATTN_NAME` (SDPA semantics);
       ``fp16`` restores the model's original implementation.
     """
     info = inspect_model(model)
@@ -217,7 +195,7 @@ def prepare_model(model: torch.nn.Module, spec: MethodSpec) -> ModelInfo:
             module._oscar_vo_rotated = want_rotated
     if spec.observes_layer_input or any(getattr(m, "_oscar_capture_input", False)
                                         for m in info.attention_modules.values()):
-        _install_input_capture(_text_model(model), info.attention_modules, bool(spec.observes_layer_input))
+        _install_input_capture(text_decoder(model), info.attention_modules, bool(spec.observes_layer_input))
     config = info.text_config
     if not hasattr(config, "_oscar_original_attn"):
         config._oscar_original_attn = config._attn_implementation

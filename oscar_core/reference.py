@@ -25,21 +25,21 @@ def _check(x: torch.Tensor, what: str) -> None:
 
 def roundtrip_keys(spec: MethodSpec, k: torch.Tensor) -> torch.Tensor:
     """Post-RoPE keys -> quantized -> dequantized, in the original basis and dtype."""
-    _check(k, "keys")
-    if not spec.quantizes:
-        return k.clone()
-    spec.check_model(num_kv_heads=k.shape[1], head_dim=k.shape[-1])
-    k_att = spec.keys_to_attention(k)
-    k_hat = spec.decode_keys(spec.encode_keys(k_att), torch.float32)
-    return saturate(spec.keys_from_attention(k_hat), k.dtype)
+    return _roundtrip(spec, k, "keys")
 
 
 def roundtrip_values(spec: MethodSpec, v: torch.Tensor) -> torch.Tensor:
     """Values (as the unmodified ``v_proj`` produces them) -> quantized -> dequantized, original basis."""
-    _check(v, "values")
+    return _roundtrip(spec, v, "values")
+
+
+def _roundtrip(spec: MethodSpec, x: torch.Tensor, what: str) -> torch.Tensor:
+    _check(x, what)
     if not spec.quantizes:
-        return v.clone()
-    spec.check_model(num_kv_heads=v.shape[1], head_dim=v.shape[-1])
-    v_cache = spec.values_to_cache(v)
-    v_hat = spec.decode_values(spec.encode_values(v_cache), torch.float32)
-    return saturate(spec.values_from_cache(v_hat), v.dtype)
+        return x.clone()
+    spec.check_model(num_kv_heads=x.shape[1], head_dim=x.shape[-1])
+    if what == "keys":
+        x_hat = spec.decode_keys(spec.encode_keys(spec.keys_to_attention(x)), torch.float32)
+        return saturate(spec.keys_from_attention(x_hat), x.dtype)
+    x_hat = spec.decode_values(spec.encode_values(spec.values_to_cache(x)), torch.float32)
+    return saturate(spec.values_from_cache(x_hat), x.dtype)

@@ -2,10 +2,13 @@
 
 Functions (all take and return the packed layout of :mod:`oscar_core.kernels.layout`):
 
-* :func:`pack_oscar_keys` ``k [N, H, T, 128]`` post-RoPE, *unrotated* keys (bf16/fp16, ``T`` a
+Head dims 64, 128 and 256 (:data:`HEAD_DIMS`; the kernels are templates on it, one instantiation each);
+every function reads the head dim off its tensors.
+
+* :func:`pack_oscar_keys` ``k [N, H, T, D]`` post-RoPE, *unrotated* keys (bf16/fp16, ``T`` a
   multiple of 32) -> :class:`KernelKeys`: Hadamard per head, fp32 token norm over all kv heads,
   per-channel groups of 32 tokens, integer zero point, 2 bits; one fused kernel.
-* :func:`pack_values` ``v [N, H, T, 128]`` (already rotated by the fused ``v_proj``) ->
+* :func:`pack_values` ``v [N, H, T, D]`` (already rotated by the fused ``v_proj``) ->
   :class:`KernelValues`: per-token groups of 32 channels, integer zero point, 2 bits.
 * :func:`decode_attention` one query token per sequence against the packed cache plus the
   full-precision residual window: split-KV, GQA, per-sequence device-side lengths, no host
@@ -42,10 +45,14 @@ from oscar_core.kernels.layout import (
     BLOCK_BYTES,
     GROUP,
     HEAD_DIM,
-    META_OFFSET,
+    HEAD_DIMS,
     ZERO_BIAS,
+    block_bytes,
     block_bytes_to_codes,
+    check_head_dim,
+    code_bytes,
     codes_to_block_bytes,
+    head_dim_of_block,
     meta_fp16,
     meta_to_stored,
 )
@@ -55,6 +62,7 @@ __all__ = [
     "BLOCK_BYTES",
     "GROUP",
     "HEAD_DIM",
+    "HEAD_DIMS",
     "DecodeWorkspace",
     "KernelKeys",
     "KernelValues",
@@ -69,6 +77,7 @@ __all__ = [
     "dequantize_values",
     "from_reference_blocks",
     "make_decode_workspace",
+    "max_pack_heads",
     "pack_kivi_keys",
     "pack_kivi_values",
     "pack_oscar_keys",
@@ -79,7 +88,7 @@ __all__ = [
 
 _CSRC = Path(__file__).resolve().parents[2] / "csrc"
 _WARPS_PER_CTA = 4  # must match kNW in csrc/oscar_kernels.cu
-_CTAS_PER_SM = 4
+_CTAS_PER_SM = {64: 4, 128: 4, 256: 2}  # decode CTAs resident per SM: DecodeCfg<D>::kMinCtas there
 
 _lock = threading.Lock()
 _ext: Any = None
@@ -161,8 +170,8 @@ ZERO_POINTS = ("integer", "float")
 
 @dataclass
 class KernelValues:
-    """Packed values: ``data`` uint8 ``[N, H, G, 1536]``. ``zero_point``: ``"integer"`` (OScaR, stored
-    ``1024 + z``) or ``"float"`` (KIVI's group minimum ``mn``, stored as is)."""
+    """Packed values: ``data`` uint8 ``[N, H, G, 12 D]`` (1536 bytes for head dim 128). ``zero_point``:
+    ``"integer"`` (OScaR, stored ``1024 + z``) or ``"float"`` (KIVI's group minimum ``mn``, stored as is)."""
 
     data: torch.Tensor
     zero_point: str = field(default="integer", kw_only=True)
@@ -174,6 +183,10 @@ class KernelValues:
     @property
     def num_tokens(self) -> int:
         return self.data.shape[2] * GROUP
+
+    @property
+    def head_dim(self) -> int:
+        return head_dim_of_block(self.data, "packed data")
 
     def copy_into(self, dst: KernelValues, token_start: int) -> None:
         """Write these tokens into a larger (capacity) buffer at ``token_start`` (a multiple of 32)."""
@@ -207,26 +220,26 @@ def _format(method: str) -> tuple[str, bool]:
     return _FORMATS[method]
 
 
-def alloc_keys(batch: int, kv_heads: int, capacity: int, device: torch.device | str, method: str = "oscar"
-               ) -> KernelKeys:
+def alloc_keys(batch: int, kv_heads: int, capacity: int, device: torch.device | str, method: str = "oscar",
+               *, head_dim: int = HEAD_DIM) -> KernelKeys:
     """A zeroed capacity buffer for ``capacity`` tokens (rounded up to 32); OScaR's norms start at 1."""
     zp, scaled = _format(method)
     g = -(-capacity // GROUP)
     norm = torch.ones(batch, g * GROUP, dtype=torch.float32, device=device) if scaled else None
-    return KernelKeys(torch.zeros(batch, kv_heads, g, BLOCK_BYTES, dtype=torch.uint8, device=device), norm,
-                      zero_point=zp, rotate_query=scaled)
+    data = torch.zeros(batch, kv_heads, g, block_bytes(head_dim), dtype=torch.uint8, device=device)
+    return KernelKeys(data, norm, zero_point=zp, rotate_query=scaled)
 
 
-def alloc_values(batch: int, kv_heads: int, capacity: int, device: torch.device | str, method: str = "oscar"
-                 ) -> KernelValues:
+def alloc_values(batch: int, kv_heads: int, capacity: int, device: torch.device | str, method: str = "oscar",
+                 *, head_dim: int = HEAD_DIM) -> KernelValues:
     g = -(-capacity // GROUP)
-    return KernelValues(torch.zeros(batch, kv_heads, g, BLOCK_BYTES, dtype=torch.uint8, device=device),
+    return KernelValues(torch.zeros(batch, kv_heads, g, block_bytes(head_dim), dtype=torch.uint8, device=device),
                         zero_point=_format(method)[0])
 
 
 def _check_kv(x: torch.Tensor, what: str) -> None:
-    if x.dim() != 4 or x.shape[-1] != HEAD_DIM:
-        raise ValueError(f"{what} must be [N, H, T, {HEAD_DIM}], got {tuple(x.shape)}")
+    if x.dim() != 4 or x.shape[-1] not in HEAD_DIMS:
+        raise ValueError(f"{what} must be [N, H, T, head_dim] with head_dim in {HEAD_DIMS}, got {tuple(x.shape)}")
     if x.shape[2] % GROUP:
         raise ValueError(f"{what}: {x.shape[2]} tokens is not a multiple of {GROUP}")
     if x.dtype not in (torch.bfloat16, torch.float16):
@@ -243,12 +256,11 @@ def _keys_ref_to_data(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tens
     n, h, g, d, _ = codes.shape
     c = unpack_codes(codes, 2)  # [N, H, G, D, 32] (channel, token)
     tc = c.transpose(-1, -2)  # [N, H, G, 32, D]
-    out = torch.empty(n, h, g, BLOCK_BYTES, dtype=torch.uint8, device=codes.device)
-    out[..., :META_OFFSET] = codes_to_block_bytes(tc, keys=True)
-    out[..., META_OFFSET : META_OFFSET + 256] = meta_to_stored(scale, True).contiguous().view(torch.uint8)
-    out[..., META_OFFSET + 256 :] = (
-        meta_to_stored(_bias_zero(zero, zero_point), True).contiguous().view(torch.uint8)
-    )
+    off = code_bytes(d)
+    out = torch.empty(n, h, g, block_bytes(d), dtype=torch.uint8, device=codes.device)
+    out[..., :off] = codes_to_block_bytes(tc, keys=True)
+    out[..., off : off + 2 * d] = meta_to_stored(scale, True).contiguous().view(torch.uint8)
+    out[..., off + 2 * d :] = meta_to_stored(_bias_zero(zero, zero_point), True).contiguous().view(torch.uint8)
     return out
 
 
@@ -269,16 +281,15 @@ def _zero_f32(zz: torch.Tensor, zero_point: str) -> torch.Tensor:
 def _values_ref_to_data(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, zero_point: str
                         ) -> torch.Tensor:
     n, h, t, ng, _ = codes.shape
-    g = t // GROUP
-    c = unpack_codes(codes, 2).reshape(n, h, g, GROUP, HEAD_DIM)  # (token, channel)
-    out = torch.empty(n, h, g, BLOCK_BYTES, dtype=torch.uint8, device=codes.device)
-    out[..., :META_OFFSET] = codes_to_block_bytes(c, keys=False)
-    s = scale.reshape(n, h, g, GROUP, ng).transpose(-1, -2).contiguous()  # [.., 4 groups, 32 tokens]
+    g, d = t // GROUP, ng * GROUP
+    c = unpack_codes(codes, 2).reshape(n, h, g, GROUP, d)  # (token, channel)
+    off = code_bytes(d)
+    out = torch.empty(n, h, g, block_bytes(d), dtype=torch.uint8, device=codes.device)
+    out[..., :off] = codes_to_block_bytes(c, keys=False)
+    s = scale.reshape(n, h, g, GROUP, ng).transpose(-1, -2).contiguous()  # [.., D/32 groups, 32 tokens]
     z = _bias_zero(zero, zero_point).reshape(n, h, g, GROUP, ng).transpose(-1, -2).contiguous()
-    out[..., META_OFFSET : META_OFFSET + 256] = (
-        meta_to_stored(s.view(n, h, g, -1), False).contiguous().view(torch.uint8)
-    )
-    out[..., META_OFFSET + 256 :] = meta_to_stored(z.view(n, h, g, -1), False).contiguous().view(torch.uint8)
+    out[..., off : off + 2 * d] = meta_to_stored(s.view(n, h, g, -1), False).contiguous().view(torch.uint8)
+    out[..., off + 2 * d :] = meta_to_stored(z.view(n, h, g, -1), False).contiguous().view(torch.uint8)
     return out
 
 
@@ -291,16 +302,16 @@ def from_reference_blocks(
     """Reference blocks (``OScaRSpec().encode_keys`` / ``encode_values``, or KIVI's with
     ``method="kivi"``) -> kernel layout.
 
-    Key block: ``codes`` uint8 ``[N, H, T/32, 128, 8]``, ``scale``/``zero`` fp16 ``[N, H, T/32, 128]``,
-    and for OScaR ``norm`` fp32 ``[N, T]``. Value block: ``codes`` ``[N, H, T, 4, 8]``,
-    ``scale``/``zero`` ``[N, H, T, 4]``. Either may be None.
+    Key block: ``codes`` uint8 ``[N, H, T/32, D, 8]``, ``scale``/``zero`` fp16 ``[N, H, T/32, D]``,
+    and for OScaR ``norm`` fp32 ``[N, T]``. Value block: ``codes`` ``[N, H, T, D/32, 8]``,
+    ``scale``/``zero`` ``[N, H, T, D/32]``. ``D`` in :data:`HEAD_DIMS`. Either may be None.
     """
     zp, scaled = _format(method)
     keys = values = None
     if key_block is not None:
         codes = key_block["codes"]
-        if codes.dim() != 5 or codes.shape[-2:] != (HEAD_DIM, GROUP // 4):
-            raise ValueError(f"key codes must be [N, H, T/32, 128, 8], got {tuple(codes.shape)}")
+        if codes.dim() != 5 or codes.shape[-2] not in HEAD_DIMS or codes.shape[-1] != GROUP // 4:
+            raise ValueError(f"key codes must be [N, H, T/32, D, 8] with D in {HEAD_DIMS}, got {tuple(codes.shape)}")
         if scaled and "norm" not in key_block:
             raise ValueError("the key block has no 'norm': OScaR's kernel layout needs the token scaling")
         if not scaled and "norm" in key_block:
@@ -310,9 +321,11 @@ def from_reference_blocks(
         keys = KernelKeys(data, norm, zero_point=zp, rotate_query=scaled)
     if value_block is not None:
         codes = value_block["codes"]
-        if codes.dim() != 5 or codes.shape[-2:] != (HEAD_DIM // GROUP, GROUP // 4) or codes.shape[2] % GROUP:
+        if (codes.dim() != 5 or codes.shape[-2] * GROUP not in HEAD_DIMS or codes.shape[-1] != GROUP // 4
+                or codes.shape[2] % GROUP):
             raise ValueError(
-                f"value codes must be [N, H, T, 4, 8] with T % 32 == 0, got {tuple(codes.shape)}"
+                f"value codes must be [N, H, T, D/32, 8] with D in {HEAD_DIMS} and T % 32 == 0, "
+                f"got {tuple(codes.shape)}"
             )
         values = KernelValues(_values_ref_to_data(codes, value_block["scale"], value_block["zero"], zp),
                               zero_point=zp)
@@ -327,7 +340,7 @@ def to_reference_blocks(
     if keys is not None:
         d = keys.data
         n, h, g, _ = d.shape
-        tc = block_bytes_to_codes(d[..., :META_OFFSET], keys=True)  # [N, H, G, 32, D]
+        tc = block_bytes_to_codes(d[..., : code_bytes(keys.head_dim)], keys=True)  # [N, H, G, 32, D]
         scale, zz = meta_fp16(d, True)
         kb = {
             "codes": pack_codes(tc.transpose(-1, -2).contiguous(), 2),
@@ -339,14 +352,15 @@ def to_reference_blocks(
     if values is not None:
         d = values.data
         n, h, g, _ = d.shape
-        tc = block_bytes_to_codes(d[..., :META_OFFSET], keys=False)  # [N, H, G, 32, D]
-        codes = tc.reshape(n, h, g * GROUP, HEAD_DIM // GROUP, GROUP)
-        scale, zz = meta_fp16(d, False)  # [N, H, G, 4*32]
+        ng = values.head_dim // GROUP
+        tc = block_bytes_to_codes(d[..., : code_bytes(values.head_dim)], keys=False)  # [N, H, G, 32, D]
+        codes = tc.reshape(n, h, g * GROUP, ng, GROUP)
+        scale, zz = meta_fp16(d, False)  # [N, H, G, D/32 * 32]
         zero = _unbias_zero(zz, values.zero_point)
         vb = {
             "codes": pack_codes(codes, 2),
-            "scale": scale.view(n, h, g, 4, GROUP).transpose(-1, -2).reshape(n, h, g * GROUP, 4).contiguous(),
-            "zero": zero.view(n, h, g, 4, GROUP).transpose(-1, -2).reshape(n, h, g * GROUP, 4).contiguous(),
+            "scale": scale.view(n, h, g, ng, GROUP).transpose(-1, -2).reshape(n, h, g * GROUP, ng).contiguous(),
+            "zero": zero.view(n, h, g, ng, GROUP).transpose(-1, -2).reshape(n, h, g * GROUP, ng).contiguous(),
         }
     return kb, vb
 
@@ -362,23 +376,26 @@ def _spec():
     return OScaRSpec()
 
 
-#: The key pack kernel holds every kv head of a 32-token group in shared memory.
-MAX_PACK_HEADS = 16
+def max_pack_heads(head_dim: int) -> int:
+    """kv heads the key pack kernel holds in shared memory (every head of a 32-token group, for the token
+    norm; the same ~140 KB: 32, 16, 8 for head dim 64, 128, 256;
+    ``PackKeysCfg<D>::kMaxHeads`` in csrc/oscar_kernels.cu). More heads take the reference encoder."""
+    return 2048 // check_head_dim(head_dim)
 
 
 def pack_oscar_keys(k: torch.Tensor, *, rotated: bool = False, force_fallback: bool = False) -> KernelKeys:
-    """Post-RoPE keys ``[N, H, T, 128]`` -> packed OScaR keys (rotation + token norm + quantization fused).
+    """Post-RoPE keys ``[N, H, T, D]`` -> packed OScaR keys (rotation + token norm + quantization fused).
 
     Bit for bit the reference: ``OScaRSpec().encode_keys(hadamard_transform(k))`` (the rotation rounds
     to ``k.dtype`` as the reference's does; ``token_norms`` sums in the order the kernel uses).
     ``rotated=True``: ``k`` is already in the attention basis (what the cache holds), no rotation.
     """
     _check_kv(k, "keys")
-    n, h, t, _ = k.shape
-    if _use_cuda(k, force_fallback=force_fallback) and h <= MAX_PACK_HEADS:
+    n, h, t, d = k.shape
+    if _use_cuda(k, force_fallback=force_fallback) and h <= max_pack_heads(d):
         ext = _ext
         kc = k.contiguous()
-        data = torch.empty(n, h, t // GROUP, BLOCK_BYTES, dtype=torch.uint8, device=k.device)
+        data = torch.empty(n, h, t // GROUP, block_bytes(d), dtype=torch.uint8, device=k.device)
         norm = torch.empty(n, t, dtype=torch.float32, device=k.device)
         ext.pack_keys(kc, data, norm, not rotated)
         return KernelKeys(data, norm)
@@ -388,11 +405,11 @@ def pack_oscar_keys(k: torch.Tensor, *, rotated: bool = False, force_fallback: b
 
 
 def pack_values(v: torch.Tensor, *, force_fallback: bool = False) -> KernelValues:
-    """Values ``[N, H, T, 128]`` (in the cache basis, i.e. already rotated) -> packed values."""
+    """Values ``[N, H, T, D]`` (in the cache basis, i.e. already rotated) -> packed values."""
     _check_kv(v, "values")
-    n, h, t, _ = v.shape
+    n, h, t, d = v.shape
     if _use_cuda(v, force_fallback=force_fallback):
-        data = torch.empty(n, h, t // GROUP, BLOCK_BYTES, dtype=torch.uint8, device=v.device)
+        data = torch.empty(n, h, t // GROUP, block_bytes(d), dtype=torch.uint8, device=v.device)
         _ext.pack_values(v.contiguous(), data)
         return KernelValues(data)
     _, vb = from_reference_blocks(None, _spec().encode_values(v))
@@ -407,7 +424,7 @@ def _kivi_spec():
 
 
 def pack_kivi_keys(k: torch.Tensor) -> KernelKeys:
-    """Keys ``[N, H, T, 128]`` -> KIVI-packed keys (per-channel groups of 32 tokens, float minimum), via the
+    """Keys ``[N, H, T, D]`` -> KIVI-packed keys (per-channel groups of 32 tokens, float minimum), via the
     reference quantizer on ``k``'s device (``KIVISpec().encode_keys``)."""
     _check_kv(k, "keys")
     kb, _ = from_reference_blocks(_kivi_spec().encode_keys(k), None, method="kivi")
@@ -416,7 +433,7 @@ def pack_kivi_keys(k: torch.Tensor) -> KernelKeys:
 
 
 def pack_kivi_values(v: torch.Tensor) -> KernelValues:
-    """Values ``[N, H, T, 128]`` -> KIVI-packed values (per-token groups of 32 channels, float minimum)."""
+    """Values ``[N, H, T, D]`` -> KIVI-packed values (per-token groups of 32 channels, float minimum)."""
     _check_kv(v, "values")
     _, vb = from_reference_blocks(None, _kivi_spec().encode_values(v), method="kivi")
     assert vb is not None
@@ -435,13 +452,15 @@ def append_window(
 ) -> None:
     """Write one token per sequence into the window: ``res_k[b, :, slots[b]] = H k[b]`` (``rotate``,
     OScaR's attention basis, numerics of :func:`oscar_core.hadamard.hadamard_transform`) or ``k[b]``,
-    and ``res_v[b, :, slots[b]] = v[b]``. ``k``/``v`` ``[B, Hkv, 128]``, ``res_*`` ``[B, Hkv, R, 128]``
+    and ``res_v[b, :, slots[b]] = v[b]``. ``k``/``v`` ``[B, Hkv, D]``, ``res_*`` ``[B, Hkv, R, D]``
     of the same dtype, ``slots`` int32 ``[B]`` on the device; slots outside ``[0, R)`` write nothing.
     One launch, no host synchronisation (CUDA-graph capturable)."""
-    if k.dim() != 3 or k.shape[-1] != HEAD_DIM or v.shape != k.shape:
-        raise ValueError(f"k and v must be [B, Hkv, {HEAD_DIM}], got {tuple(k.shape)} and {tuple(v.shape)}")
-    if res_k.dim() != 4 or res_k.shape[:2] != k.shape[:2] or res_k.shape[3] != HEAD_DIM or res_v.shape != res_k.shape:
-        raise ValueError(f"res_k/res_v must be [B, Hkv, R, {HEAD_DIM}] matching k, got {tuple(res_k.shape)}")
+    if k.dim() != 3 or k.shape[-1] not in HEAD_DIMS or v.shape != k.shape:
+        raise ValueError(f"k and v must be [B, Hkv, head_dim] with head_dim in {HEAD_DIMS}, got {tuple(k.shape)} "
+                         f"and {tuple(v.shape)}")
+    if (res_k.dim() != 4 or res_k.shape[:2] != k.shape[:2] or res_k.shape[3] != k.shape[-1]
+            or res_v.shape != res_k.shape):
+        raise ValueError(f"res_k/res_v must be [B, Hkv, R, {k.shape[-1]}] matching k, got {tuple(res_k.shape)}")
     if not (k.dtype == v.dtype == res_k.dtype == res_v.dtype):
         raise ValueError(f"k, v and the window must share a dtype ({k.dtype}, {v.dtype}, {res_k.dtype})")
     if _use_cuda(k, res_k, force_fallback=force_fallback) and k.dtype in (torch.bfloat16, torch.float16):
@@ -462,29 +481,32 @@ def append_window(
 
 
 def dequantize_keys(keys: KernelKeys, with_norm: bool = True) -> torch.Tensor:
-    """fp32 ``[N, H, G*32, 128]`` attention-basis keys (``k_hat * norm`` when ``with_norm``)."""
+    """fp32 ``[N, H, G*32, D]`` attention-basis keys (``k_hat * norm`` when ``with_norm``)."""
     d = keys.data
     n, h, g, _ = d.shape
-    codes = block_bytes_to_codes(d[..., :META_OFFSET], keys=True).float()  # [N, H, G, 32, D]
+    hd = keys.head_dim
+    codes = block_bytes_to_codes(d[..., : code_bytes(hd)], keys=True).float()  # [N, H, G, 32, D]
     scale, zz = meta_fp16(d, True)
     s, z = scale.float().unsqueeze(-2), _zero_f32(zz, keys.zero_point).unsqueeze(-2)
     k = s * (codes - z) if keys.zero_point == "integer" else codes * s + z
-    k = k.reshape(n, h, g * GROUP, HEAD_DIM)
+    k = k.reshape(n, h, g * GROUP, hd)
     if with_norm and keys.norm is not None:
         k = k * keys.norm[:, None, : g * GROUP, None]
     return k
 
 
 def dequantize_values(values: KernelValues) -> torch.Tensor:
-    """fp32 ``[N, H, G*32, 128]`` values (cache basis)."""
+    """fp32 ``[N, H, G*32, D]`` values (cache basis)."""
     d = values.data
     n, h, g, _ = d.shape
-    codes = block_bytes_to_codes(d[..., :META_OFFSET], keys=False).float()  # [N, H, G, 32 tok, 128 ch]
-    scale, zz = meta_fp16(d, False)  # [.., 4*32] as [group][token]
-    s = scale.float().view(n, h, g, 4, GROUP).transpose(-1, -2).repeat_interleave(GROUP, dim=-1)
-    z = _zero_f32(zz, values.zero_point).view(n, h, g, 4, GROUP).transpose(-1, -2).repeat_interleave(GROUP, dim=-1)
+    hd = values.head_dim
+    ng = hd // GROUP
+    codes = block_bytes_to_codes(d[..., : code_bytes(hd)], keys=False).float()  # [N, H, G, 32 tok, D ch]
+    scale, zz = meta_fp16(d, False)  # [.., D/32 * 32] as [group][token]
+    s = scale.float().view(n, h, g, ng, GROUP).transpose(-1, -2).repeat_interleave(GROUP, dim=-1)
+    z = _zero_f32(zz, values.zero_point).view(n, h, g, ng, GROUP).transpose(-1, -2).repeat_interleave(GROUP, dim=-1)
     x = s * (codes - z) if values.zero_point == "integer" else codes * s + z
-    return x.reshape(n, h, g * GROUP, HEAD_DIM)
+    return x.reshape(n, h, g * GROUP, hd)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -492,11 +514,13 @@ def dequantize_values(values: KernelValues) -> torch.Tensor:
 # -------------------------------------------------------------------------------------------------
 
 
-def choose_splits(batch: int, kv_heads: int, groups: int, sm_count: int) -> tuple[int, int]:
-    """Host-side split-KV choice from the *capacity* (never from lengths): ``(num_splits, groups_per_split)``."""
+def choose_splits(batch: int, kv_heads: int, groups: int, sm_count: int, head_dim: int = HEAD_DIM
+                  ) -> tuple[int, int]:
+    """Host-side split-KV choice from the *capacity* (never from lengths): ``(num_splits, groups_per_split)``,
+    about one wave of the decode CTAs that fit on an SM at ``head_dim``."""
     if groups <= 0:
         return 1, _WARPS_PER_CTA
-    target = _CTAS_PER_SM * sm_count
+    target = _CTAS_PER_SM[check_head_dim(head_dim)] * sm_count
     splits = max(1, -(-target // max(1, batch * kv_heads)))
     splits = min(splits, -(-groups // _WARPS_PER_CTA))
     gps = -(-groups // splits)
@@ -553,7 +577,7 @@ def decode_attention_reference(
 class DecodeWorkspace:
     """Fixed buffers of one :func:`decode_attention` configuration (reuse them across steps and in CUDA
     graphs): the splits' partial softmax states ``pm``/``pl`` ``[B, Hq, S]`` and ``po``
-    ``[B, Hq, S, 128]`` (fp32), ``S`` = quantized splits + one per 32 residual tokens."""
+    ``[B, Hq, S, D]`` (fp32), ``S`` = quantized splits + one per 32 residual tokens."""
 
     pm: torch.Tensor
     pl: torch.Tensor
@@ -562,9 +586,10 @@ class DecodeWorkspace:
     groups_per_split: int
 
 
-def _splits_for(b: int, hkv: int, gcap: int, num_splits: int | None, device: torch.device) -> tuple[int, int]:
+def _splits_for(b: int, hkv: int, gcap: int, num_splits: int | None, device: torch.device, head_dim: int
+                ) -> tuple[int, int]:
     if num_splits is None:
-        return choose_splits(b, hkv, gcap, _sm_count(device))
+        return choose_splits(b, hkv, gcap, _sm_count(device), head_dim)
     nsplit = max(1, min(num_splits, max(1, gcap)))
     gps = max(1, -(-gcap // nsplit))
     return max(1, -(-gcap // gps)), gps
@@ -580,13 +605,13 @@ def make_decode_workspace(
     """Allocate the workspace for ``q_heads`` query heads over ``keys``' capacity and ``residual_capacity``
     (the ``R`` of the residual buffers). Allocate it outside graph capture and keep it alive."""
     b, hkv, gcap, _ = keys.data.shape
-    dev = keys.data.device
-    nsplit, gps = _splits_for(b, hkv, gcap, num_splits, dev)
+    dev, d = keys.data.device, keys.head_dim
+    nsplit, gps = _splits_for(b, hkv, gcap, num_splits, dev, d)
     s = nsplit + -(-residual_capacity // GROUP)  # quantized splits + one per 32 residual tokens
     return DecodeWorkspace(
         pm=torch.empty(b, q_heads, s, dtype=torch.float32, device=dev),
         pl=torch.empty(b, q_heads, s, dtype=torch.float32, device=dev),
-        po=torch.empty(b, q_heads, s, HEAD_DIM, dtype=torch.float32, device=dev),
+        po=torch.empty(b, q_heads, s, d, dtype=torch.float32, device=dev),
         num_splits=nsplit,
         groups_per_split=gps,
     )
@@ -610,12 +635,12 @@ def decode_attention(
 ) -> torch.Tensor:
     """One decode step of attention for ``B`` sequences over packed keys/values + the residual window.
 
-    ``q`` ``[B, Hq, 128]`` bf16/fp16, *unrotated* (the Hadamard is applied inside when
-    ``keys.rotate_query``); ``keys``/``values``
-    capacity buffers ``[B, Hkv, Gcap, 1536]`` (norms ``[B, >= Gcap*32]``); ``qlens`` int32 ``[B]``
+    ``q`` ``[B, Hq, D]`` bf16/fp16 (``D`` in :data:`HEAD_DIMS`), *unrotated* (the Hadamard is applied
+    inside when ``keys.rotate_query``); ``keys``/``values``
+    capacity buffers ``[B, Hkv, Gcap, 12 D]`` (norms ``[B, >= Gcap*32]``); ``qlens`` int32 ``[B]``
     quantized tokens per sequence (multiples of 32, at most ``Gcap*32``); ``res_k``/``res_v``
-    ``[B, Hkv, R, 128]`` (q's dtype) the full-precision window, keys *rotated* and unscaled; ``rlens``
-    int32 ``[B]`` (at most ``R``). Returns ``[B, Hq, 128]`` in q's dtype: softmax over all valid
+    ``[B, Hkv, R, D]`` (q's dtype) the full-precision window, keys *rotated* and unscaled; ``rlens``
+    int32 ``[B]`` (at most ``R``). Returns ``[B, Hq, D]`` in q's dtype: softmax over all valid
     tokens of ``(q_rot . k) * scale`` (quantized keys times their token norm), times the values
     (cache basis). Lengths are read on the device: no host synchronisation, capturable in a graph.
     GQA groups other than 1, 2, 4, 8 (and CPU tensors) take the float32 PyTorch path.
@@ -625,9 +650,12 @@ def decode_attention(
     Pass a :func:`make_decode_workspace` ``workspace`` to reuse fixed buffers across steps (without one,
     the partial buffers are allocated per call, which graph capture also handles).
     """
-    if q.dim() != 3 or q.shape[-1] != HEAD_DIM:
-        raise ValueError(f"q must be [B, Hq, {HEAD_DIM}], got {tuple(q.shape)}")
+    if q.dim() != 3 or q.shape[-1] not in HEAD_DIMS:
+        raise ValueError(f"q must be [B, Hq, head_dim] with head_dim in {HEAD_DIMS}, got {tuple(q.shape)}")
     b, hq, d = q.shape
+    if keys.head_dim != d or values.head_dim != d or res_k.shape[-1] != d or res_v.shape[-1] != d:
+        raise ValueError(f"head_dim mismatch: q {d}, keys {keys.head_dim}, values {values.head_dim}, "
+                         f"res_k {res_k.shape[-1]}, res_v {res_v.shape[-1]}")
     hkv = keys.data.shape[1]
     if hq % hkv:
         raise ValueError(f"{hq} query heads is not a multiple of {hkv} kv heads")
@@ -639,7 +667,7 @@ def decode_attention(
         ws = workspace
         if ws is None:
             ws = make_decode_workspace(hq, keys, res_k.shape[2], num_splits=num_splits)
-        elif ws.pm.shape != (b, hq, ws.num_splits + -(-res_k.shape[2] // GROUP)):
+        elif ws.pm.shape != (b, hq, ws.num_splits + -(-res_k.shape[2] // GROUP)) or ws.po.shape[-1] != d:
             raise ValueError("the decode workspace does not match these shapes (make a new one)")
         if out is None:
             out = torch.empty_like(q)

@@ -1,8 +1,9 @@
 """What every KV-cache method is: a frozen spec with the paper defaults, plus its numerics.
 
 A method turns a *block* of keys/values (``[N, H, T, D]``, post-RoPE keys, values as the model's
-``v_proj`` produces them) into an encoded block (a dict of tensors, batch-first) and back. The cache
-(:mod:`oscar_core.cache`) decides *when* blocks are encoded; the method decides *how*.
+``v_proj`` produces them) into an encoded block (a dict of tensors, batch-first) and back, through one
+API: ``encode_keys/decode_keys/encode_values/decode_values`` with an optional :class:`BlockContext`.
+The cache (:mod:`oscar_core.cache`) decides *when* blocks are encoded; the method decides *how*.
 
 Bases. Keys live in three bases: the model's (post-RoPE), the *attention basis* (what the cache
 returns to attention, after :meth:`keys_to_attention`; the query goes through
@@ -31,7 +32,7 @@ from oscar_core.quant import PackedGroups, ZeroPoint, codes_per_byte, dequantize
 
 Block = dict[str, torch.Tensor]
 
-#: Reserved entry of a block returned by ``encode_*_at``: bool ``[N, T]``, True for tokens the cache must
+#: Reserved entry of a block returned by ``encode_*`` with a context: bool ``[N, T]``, True for tokens the cache must
 #: keep in full precision. The cache removes it from the block, stores those tokens (the encode input,
 #: i.e. the stream's own basis) as per-sequence *overrides* at their timeline positions, and uses them
 #: instead of the dequantized token whenever the timeline is rebuilt (OTT's pools, RotateKV's sinks).
@@ -120,16 +121,20 @@ class LayerState:
     ``per_seq``: one dict per sequence of the batch, created empty by the cache when the prompt is
     committed and filled by :meth:`MethodSpec.observe_prompt` / the encoders (outlier channels, sink
     positions, outlier pools); the cache reorders (and deep-copies) it with the batch (beam search).
+    ``prompt_queries``: while :meth:`MethodSpec.observe_prompt` runs, the prompt's queries in the
+    attention basis ``[B, Hq, T, D]`` (padded like the keys) for methods with ``observes_prompt_queries``
+    when the attention function saw them, else None.
     """
 
     layer_idx: int | None = None
     shared: dict[str, Any] = field(default_factory=dict)
     per_seq: list[dict[str, Any]] = field(default_factory=list)
+    prompt_queries: torch.Tensor | None = None
 
 
 @dataclass
 class BlockContext:
-    """Where a batch of ``N`` encoded units sits in the cache: passed to ``encode_*_at``/``decode_*_at``.
+    """Where a batch of ``N`` encoded units sits in the cache: passed to ``encode_*``/``decode_*``.
 
     ``rows[i]``: the sequence (batch row) unit ``i`` belongs to; ``starts[i]``: the index *within its
     sequence* of the unit's first token (sequences are stored left-aligned, so this is the token's
@@ -166,6 +171,32 @@ class ContextBlock(dict):
         self.keep = keep
         self.full = full
         self.units_per_row = units_per_row
+
+
+def contextual(fn):
+    """Decorator of a context method's ``encode_*``/``decode_*`` (``uses_context``).
+
+    With a ``ctx`` (the cache) it is the method itself. Without one (a reference round trip outside a
+    cache) the tensor is encoded as fresh sequences, one prompt per row, into a :class:`ContextBlock`
+    that decodes without a context (:meth:`MethodSpec.standalone_context`).
+    """
+    is_key = fn.__name__.endswith("_keys")
+    if fn.__name__.startswith("encode"):
+        @functools.wraps(fn)
+        def encode(self, x: torch.Tensor, ctx: BlockContext | None = None) -> Block:
+            return fn(self, x, ctx) if ctx is not None else self._encode_standalone(x, is_key)
+
+        return encode
+
+    @functools.wraps(fn)
+    def decode(self, block: Block, dtype: torch.dtype, ctx: BlockContext | None = None) -> torch.Tensor:
+        if ctx is not None:
+            return fn(self, block, dtype, ctx)
+        if not isinstance(block, ContextBlock):
+            raise TypeError(f"{self.name}: {fn.__name__} needs the BlockContext the block was encoded with")
+        return self._decode_standalone(block, dtype, is_key)
+
+    return decode
 
 
 @dataclass(frozen=True)
@@ -246,7 +277,8 @@ class MethodSpec:
         unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise MethodConfigError(
-                f"{self.name}: unknown parameter(s) {sorted(unknown)}; known: {sorted(self.to_dict()['params'])}"
+                f"{self.name}: unknown parameter(s) {sorted(unknown)}; known: "
+                f"{sorted(f.name for f in dataclasses.fields(self))}"
             )
         return dataclasses.replace(self, **overrides)
 
@@ -286,39 +318,37 @@ class MethodSpec:
     def values_from_cache(self, v: torch.Tensor) -> torch.Tensor:
         return hadamard_transform(v) if self.rotates_values else v
 
-    def encode_keys(self, k: torch.Tensor) -> Block:
+    def encode_keys(self, k: torch.Tensor, ctx: BlockContext | None = None) -> Block:
         """Quantize a block of attention-basis keys ``[N, H, T, D]`` (T a multiple of the key group).
 
-        Methods that need a cache context (``uses_context``) implement :meth:`encode_keys_at` instead;
-        this context-free form then encodes each row as one fresh sequence (reference round trips).
+        ``ctx``: where the units sit in the cache (rows, positions, layer state); the cache always passes
+        it. Without it (reference round trips) a method that uses it encodes each row as one fresh
+        sequence (see :func:`contextual`). The block may contain :data:`KEEP_FULL`.
         """
-        if self.uses_context:
-            return self._encode_standalone(k, True)
         raise NotImplementedError
 
-    def decode_keys(self, block: Block, dtype: torch.dtype) -> torch.Tensor:
-        """Attention-basis keys ``[N, H, T, D]`` from an encoded block (token norms applied)."""
-        if isinstance(block, ContextBlock):
-            return self._decode_standalone(block, dtype, True)
+    def decode_keys(self, block: Block, dtype: torch.dtype, ctx: BlockContext | None = None) -> torch.Tensor:
+        """Attention-basis keys ``[N, H, T, D]`` from an encoded block (token norms applied); ``ctx``
+        describes the same units as at encode."""
         raise NotImplementedError
 
-    def encode_values(self, v: torch.Tensor) -> Block:
-        if self.uses_context:
-            return self._encode_standalone(v, False)
+    def encode_values(self, v: torch.Tensor, ctx: BlockContext | None = None) -> Block:
+        """Values counterpart of :meth:`encode_keys` (in a cache: after the keys of the same units)."""
         raise NotImplementedError
 
-    def decode_values(self, block: Block, dtype: torch.dtype) -> torch.Tensor:
-        if isinstance(block, ContextBlock):
-            return self._decode_standalone(block, dtype, False)
+    def decode_values(self, block: Block, dtype: torch.dtype, ctx: BlockContext | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     # -- cache-context hooks (generic; the cache knows no method names) ----------------------
-    #: True when the method implements the ``*_at`` encoders (it needs per-layer state, token
-    #: positions or full-precision overrides); its context-free ``encode_*`` then work standalone.
+    #: True when the method's encoders need the :class:`BlockContext` (per-layer state, token positions
+    #: or full-precision overrides); they are then :func:`contextual`, so they also work without one.
     uses_context: ClassVar[bool] = False
     #: True when :meth:`observe_prompt` needs the decoder layer's input hidden states at prefill;
     #: :func:`oscar_core.model.prepare_model` then installs a forward pre-hook that captures them.
     observes_layer_input: ClassVar[bool] = False
+    #: True when :meth:`observe_prompt` wants the prompt's queries (``state.prompt_queries``); the
+    #: packed-KV attention function hands them to the layer at prefill.
+    observes_prompt_queries: ClassVar[bool] = False
 
     def init_layer_states(self, model: torch.nn.Module, info: Any) -> list[dict[str, Any]]:
         """Per-layer shared state, created once by :func:`oscar_core.make_cache` (``info``: the
@@ -335,24 +365,6 @@ class MethodSpec:
         ``layer_input``: the decoder layer's input hidden states ``[B, T, hidden]`` when
         ``observes_layer_input``, else ``None``. ``state.per_seq`` holds one empty dict per sequence.
         """
-
-    def encode_keys_at(self, k: torch.Tensor, ctx: BlockContext) -> Block:
-        """Encode cache units ``[N, H, T, D]`` of keys at ``ctx`` (rows, positions, layer state).
-
-        The block may contain :data:`KEEP_FULL`. Default: the context-free :meth:`encode_keys`.
-        """
-        return self.encode_keys(k)
-
-    def decode_keys_at(self, block: Block, dtype: torch.dtype, ctx: BlockContext) -> torch.Tensor:
-        """Decode units encoded by :meth:`encode_keys_at` (``ctx`` describes the same units)."""
-        return self.decode_keys(block, dtype)
-
-    def encode_values_at(self, v: torch.Tensor, ctx: BlockContext) -> Block:
-        """Values counterpart of :meth:`encode_keys_at` (called after the keys of the same units)."""
-        return self.encode_values(v)
-
-    def decode_values_at(self, block: Block, dtype: torch.dtype, ctx: BlockContext) -> torch.Tensor:
-        return self.decode_values(block, dtype)
 
     def standalone_context(self, keys: torch.Tensor | None, values: torch.Tensor | None) -> BlockContext:
         """A fresh context for ``[N, H, T, D]`` tensors encoded outside a cache: each row is one sequence
@@ -387,14 +399,14 @@ class MethodSpec:
         n, h, t, d = x.shape
         u = self._standalone_units(t)
         units = x.reshape(n, h, u, t // u, d).transpose(1, 2).reshape(n * u, h, t // u, d)
-        block = self.encode_keys_at(units, ctx) if is_key else self.encode_values_at(units, ctx)
+        block = self.encode_keys(units, ctx) if is_key else self.encode_values(units, ctx)
         keep = block.pop(KEEP_FULL, None)
         return ContextBlock(block, ctx, keep, units, u)
 
     def _decode_standalone(self, block: ContextBlock, dtype: torch.dtype, is_key: bool) -> torch.Tensor:
         plain = dict(block)
-        x = (self.decode_keys_at(plain, torch.float32, block.ctx) if is_key
-             else self.decode_values_at(plain, torch.float32, block.ctx))
+        x = (self.decode_keys(plain, torch.float32, block.ctx) if is_key
+             else self.decode_values(plain, torch.float32, block.ctx))
         if block.keep is not None:
             x = torch.where(block.keep[:, None, :, None].to(x.device), block.full.float(), x)
         nu, h, tu, d = x.shape

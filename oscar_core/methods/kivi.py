@@ -21,7 +21,7 @@ from typing import ClassVar, Literal
 
 import torch
 
-from oscar_core.methods.base import Block, MethodSpec
+from oscar_core.methods.base import Block, BlockContext, MethodSpec
 
 
 @dataclass(frozen=True)
@@ -33,14 +33,14 @@ class KIVISpec(MethodSpec):
     #: "fp16": quantize with official KIVI's fp16 arithmetic, bit for bit (see oscar_core.quant.quantize_groups)
     arithmetic: Literal["fp32", "fp16"] = "fp32"
 
-    def encode_keys(self, k: torch.Tensor) -> Block:
+    def encode_keys(self, k: torch.Tensor, ctx: BlockContext | None = None) -> Block:
         return self._encode_affine(k, "token", "float", arithmetic=self.arithmetic)
 
-    def decode_keys(self, block: Block, dtype: torch.dtype) -> torch.Tensor:
+    def decode_keys(self, block: Block, dtype: torch.dtype, ctx: BlockContext | None = None) -> torch.Tensor:
         return self._decode_affine(block, "token", "float", dtype)
 
-    def encode_values(self, v: torch.Tensor) -> Block:
+    def encode_values(self, v: torch.Tensor, ctx: BlockContext | None = None) -> Block:
         return self._encode_affine(v, "channel", "float", arithmetic=self.arithmetic)
 
-    def decode_values(self, block: Block, dtype: torch.dtype) -> torch.Tensor:
+    def decode_values(self, block: Block, dtype: torch.dtype, ctx: BlockContext | None = None) -> torch.Tensor:
         return self._decode_affine(block, "channel", "float", dtype)

@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from oscar_core.methods.base import KEEP_FULL, Block, BlockContext, MethodConfigError, MethodSpec
+from oscar_core.methods.base import KEEP_FULL, Block, BlockContext, MethodConfigError, MethodSpec, contextual
 
 
 @dataclass(frozen=True)
@@ -99,40 +99,44 @@ class OTTSpec(MethodSpec):
         x[:, sel] = mean.expand(-1, len(sel), -1)
         return x
 
-    def encode_keys_at(self, k: torch.Tensor, ctx: BlockContext) -> Block:
-        x = k.float().clone()
-        keep = torch.zeros(k.shape[0], k.shape[2], dtype=torch.bool)
+    def _encode_pooled(self, x: torch.Tensor, pooled: list[list[int]], axis: Literal["token", "channel"]) -> Block:
+        """Units ``x`` with the tokens ``pooled[i]`` of unit ``i`` substituted before quantization and
+        flagged ``KEEP_FULL`` (the cache keeps them in full precision)."""
+        x_sub = x.float().clone()
+        keep = torch.zeros(x.shape[0], x.shape[2], dtype=torch.bool)
+        for i, sel in enumerate(pooled):
+            if sel:
+                keep[i, sel] = True
+                x_sub[i] = self._substitute(x_sub[i], sel)
+        block = self._encode_affine(x_sub, axis, "float")
+        block[KEEP_FULL] = keep
+        return block
+
+    @contextual
+    def encode_keys(self, k: torch.Tensor, ctx: BlockContext | None = None) -> Block:
+        pooled: list[list[int]] = []
         if self._traced(ctx):
             scores = k.float().abs().sum(dim=(1, 3)).cpu()  # [N, T]
             for i in range(k.shape[0]):
                 st = self._pool_state(ctx.seq(i))
                 start = int(ctx.starts[i])
-                sel = self._trace(st, scores[i].tolist(), start)
-                st["pending"][start] = sel
-                if sel:
-                    keep[i, sel] = True
-                    x[i] = self._substitute(x[i], sel)
-        block = self._encode_affine(x, "token", "float")
-        block[KEEP_FULL] = keep
-        return block
+                pooled.append(self._trace(st, scores[i].tolist(), start))
+                st["pending"][start] = pooled[-1]
+        return self._encode_pooled(k, pooled, "token")
 
-    def decode_keys_at(self, block: Block, dtype: torch.dtype, ctx: BlockContext) -> torch.Tensor:
+    @contextual
+    def decode_keys(self, block: Block, dtype: torch.dtype, ctx: BlockContext | None = None) -> torch.Tensor:
         return self._decode_affine(block, "token", "float", dtype)
 
-    def encode_values_at(self, v: torch.Tensor, ctx: BlockContext) -> Block:
-        x = v.float().clone()
-        keep = torch.zeros(v.shape[0], v.shape[2], dtype=torch.bool)
-        if self._traced(ctx):
-            for i in range(v.shape[0]):
-                sel = self._pool_state(ctx.seq(i))["pending"].pop(int(ctx.starts[i]), [])
-                if sel:
-                    keep[i, sel] = True
-                    x[i] = self._substitute(x[i], sel)
-        block = self._encode_affine(x, "channel", "float")
-        block[KEEP_FULL] = keep
-        return block
+    @contextual
+    def encode_values(self, v: torch.Tensor, ctx: BlockContext | None = None) -> Block:
+        pooled: list[list[int]] = []
+        if self._traced(ctx):  # the tokens the keys' encoder pooled in the same units
+            pooled = [self._pool_state(ctx.seq(i))["pending"].pop(int(ctx.starts[i]), []) for i in range(v.shape[0])]
+        return self._encode_pooled(v, pooled, "channel")
 
-    def decode_values_at(self, block: Block, dtype: torch.dtype, ctx: BlockContext) -> torch.Tensor:
+    @contextual
+    def decode_values(self, block: Block, dtype: torch.dtype, ctx: BlockContext | None = None) -> torch.Tensor:
         return self._decode_affine(block, "channel", "float", dtype)
 
     def bits_per_element(self, seq_len: int, num_kv_heads: int, head_dim: int) -> float:

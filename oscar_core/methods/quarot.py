@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 
 import torch
 
-from oscar_core.methods.base import Block, MethodConfigError, MethodSpec
+from oscar_core.methods.base import Block, BlockContext, MethodConfigError, MethodSpec
 
 
 @dataclass(frozen=True)
@@ -38,14 +38,14 @@ class QuaRotSpec(MethodSpec):
         if not 0.0 < self.clip_ratio <= 1.0:
             raise MethodConfigError(f"quarot: clip_ratio must be in (0, 1], got {self.clip_ratio}")
 
-    def encode_keys(self, k: torch.Tensor) -> Block:
+    def encode_keys(self, k: torch.Tensor, ctx: BlockContext | None = None) -> Block:
         return self._encode_affine(k, "channel", "integer", self.clip_ratio)
 
-    def decode_keys(self, block: Block, dtype: torch.dtype) -> torch.Tensor:
+    def decode_keys(self, block: Block, dtype: torch.dtype, ctx: BlockContext | None = None) -> torch.Tensor:
         return self._decode_affine(block, "channel", "integer", dtype)
 
-    def encode_values(self, v: torch.Tensor) -> Block:
+    def encode_values(self, v: torch.Tensor, ctx: BlockContext | None = None) -> Block:
         return self._encode_affine(v, "channel", "integer", self.clip_ratio)
 
-    def decode_values(self, block: Block, dtype: torch.dtype) -> torch.Tensor:
+    def decode_values(self, block: Block, dtype: torch.dtype, ctx: BlockContext | None = None) -> torch.Tensor:
         return self._decode_affine(block, "channel", "integer", dtype)

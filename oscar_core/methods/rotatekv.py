@@ -40,12 +40,23 @@ assume Llama RoPE with ``reference_rope_theta`` at positions ``0..T-1``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 
+from oscar_core import calibration_store as store
+from oscar_core.decoder import text_decoder
 from oscar_core.hadamard import check_hadamard_size, hadamard_transform, is_power_of_two
-from oscar_core.methods.base import KEEP_FULL, Block, BlockContext, LayerState, MethodConfigError, MethodSpec
+from oscar_core.methods.base import (
+    KEEP_FULL,
+    Block,
+    BlockContext,
+    LayerState,
+    MethodConfigError,
+    MethodSpec,
+    contextual,
+)
 from oscar_core.quant import PackedGroups, dequantize, ldexp_saturating, pow2_shift, quantize, saturate
 
 _UNSUPPORTED_ROPE = ("dynamic", "longrope")
@@ -97,9 +108,7 @@ def rope_per_layer(model: torch.nn.Module, num_layers: int, head_dim: int) -> li
     (Gemma 3: ``rope_parameters[layer_type]`` and ``rotary_emb.<layer_type>_inv_freq``, e.g. another
     base for the sliding layers) get the RoPE of each layer's ``config.layer_types[i]``.
     """
-    from oscar_core.model import _text_model
-
-    decoder = _text_model(model)
+    decoder = text_decoder(model)
     config = decoder.config
     params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
     layer_types = list(getattr(config, "layer_types", None) or [])
@@ -159,6 +168,59 @@ def default_group_size(head_dim: int) -> int:
     """The largest divisor of ``head_dim`` up to 128: groups stay within one head's channels, as the
     official quantizer's (it groups each head's ``head_dim`` channels), and are 128 wide where they fit."""
     return max(g for g in range(1, min(PAPER_GROUP_SIZE, head_dim) + 1) if head_dim % g == 0)
+
+
+# -- the stored calibration (oscar_core.calibration_store) --------------------------------------
+def _calibrate_hint(spec: Any, info: Any) -> str:
+    flag = "" if spec.head_group == default_head_group(info.num_kv_heads, info.head_dim) else \
+        f" --set head_group={spec.head_group}"
+    return f"`oscar-eval calibrate rotatekv --model PATH --text FILE{flag}`"
+
+
+def permutations_for(spec: Any, model: torch.nn.Module, info: Any) -> list[torch.Tensor]:
+    """Per-layer permutations ``[H*D]`` for ``spec.calibration`` on ``model`` (clear errors otherwise)."""
+    spec = spec.resolve_for_model(info.num_kv_heads, info.head_dim)
+    hd = info.num_kv_heads * info.head_dim
+    if spec.calibration == "identity":
+        return [torch.arange(hd) for _ in range(info.num_layers)]
+    fp = store.model_fingerprint(model)
+    if spec.calibration is None:
+        path = store.calibration_path(fp, head_group=spec.head_group)
+        if not path.is_file():
+            others = store.stored_head_groups(fp, path.parent)
+            if others:
+                listed = ", ".join(f"head_group={g} ({p})" for g, p in others.items())
+                raise MethodConfigError(
+                    f"rotatekv: this model's calibration for head_group={spec.head_group} (the value this cache "
+                    f"uses) is not at {path}; found {listed}. A permutation is only valid for the head group it "
+                    f"was computed with: run with that head_group, or calibrate with {_calibrate_hint(spec, info)}"
+                )
+            raise MethodConfigError(
+                f"rotatekv needs a calibration for this model (fingerprint {fp[:12]}, head_group={spec.head_group}), "
+                f"none found at {path}. Create one with {_calibrate_hint(spec, info)} (a text file of your choice, "
+                "never evaluation data), pass calibration=PATH, or calibration='identity' to run without reordering"
+            )
+    else:
+        path = Path(spec.calibration)
+    data = store.load_calibration(path)
+    if data.get("model_fingerprint") != fp:
+        raise MethodConfigError(
+            f"rotatekv: calibration {path} belongs to another model (fingerprint "
+            f"{str(data.get('model_fingerprint'))[:12]}, this model is {fp[:12]}); recalibrate for this model"
+        )
+    if int(data["head_group"]) != spec.head_group:
+        raise MethodConfigError(
+            f"rotatekv: calibration {path} was computed with head_group={data['head_group']}, this cache uses "
+            f"head_group={spec.head_group}; run with head_group={data['head_group']} or calibrate with "
+            f"{_calibrate_hint(spec, info)}"
+        )
+    perms = data["permutations"]
+    if tuple(perms.shape) != (info.num_layers, hd):
+        raise MethodConfigError(
+            f"rotatekv: calibration {path} has permutations of shape {tuple(perms.shape)}, expected "
+            f"({info.num_layers}, {hd}) for this model"
+        )
+    return [perms[i].long() for i in range(info.num_layers)]
 
 
 @dataclass(frozen=True)
@@ -227,10 +289,8 @@ class RotateKVSpec(MethodSpec):
 
     # -- state ---------------------------------------------------------------------------------
     def init_layer_states(self, model: torch.nn.Module, info: Any) -> list[dict[str, Any]]:
-        from oscar_core import calibration
-
         ropes = rope_per_layer(model, info.num_layers, info.head_dim)
-        perms = calibration.permutations_for(self, model, info)
+        perms = permutations_for(self, model, info)
         return [{"inv_freq": ropes[i][0], "rope_scaling": ropes[i][1], "perm": perms[i]} for i in range(info.num_layers)]
 
     def observe_prompt(self, state: LayerState, keys: torch.Tensor | None, values: torch.Tensor | None,
@@ -284,7 +344,8 @@ class RotateKVSpec(MethodSpec):
         p = PackedGroups(block["codes"], block["scale"], block["zero"], self.bits, "integer")
         return dequantize(p.unpack(), "channel", torch.float32)
 
-    def encode_keys_at(self, k: torch.Tensor, ctx: BlockContext) -> Block:
+    @contextual
+    def encode_keys(self, k: torch.Tensor, ctx: BlockContext | None = None) -> Block:
         n, h, t, d = k.shape
         perm, inv_freq, scaling = self._layer(ctx, h, d)
         cos, sin = rope_tables(inv_freq, ctx.positions(t, k.device), scaling)
@@ -300,7 +361,8 @@ class RotateKVSpec(MethodSpec):
             block[KEEP_FULL] = keep
         return block
 
-    def decode_keys_at(self, block: Block, dtype: torch.dtype, ctx: BlockContext) -> torch.Tensor:
+    @contextual
+    def decode_keys(self, block: Block, dtype: torch.dtype, ctx: BlockContext | None = None) -> torch.Tensor:
         x = self._dequant(block)  # [N, T, H*D]
         n, t, hd = x.shape
         perm = ctx.state.shared.get("perm")
@@ -312,7 +374,8 @@ class RotateKVSpec(MethodSpec):
         cos, sin = rope_tables(ctx.state.shared["inv_freq"], ctx.positions(t, x.device), ctx.state.shared["rope_scaling"])
         return saturate(apply_rope(pre, cos, sin), dtype)
 
-    def encode_values_at(self, v: torch.Tensor, ctx: BlockContext) -> Block:
+    @contextual
+    def encode_values(self, v: torch.Tensor, ctx: BlockContext | None = None) -> Block:
         n, h, t, d = v.shape
         self._layer(ctx, h, d)
         block = self._quant(v.float().transpose(1, 2).reshape(n, t, h * d), d)
@@ -321,7 +384,8 @@ class RotateKVSpec(MethodSpec):
             block[KEEP_FULL] = keep
         return block
 
-    def decode_values_at(self, block: Block, dtype: torch.dtype, ctx: BlockContext) -> torch.Tensor:
+    @contextual
+    def decode_values(self, block: Block, dtype: torch.dtype, ctx: BlockContext | None = None) -> torch.Tensor:
         x = self._dequant(block)
         n, t, hd = x.shape
         if "inv_freq" not in ctx.state.shared:

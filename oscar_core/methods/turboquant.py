@@ -43,7 +43,7 @@ from typing import ClassVar, Literal
 import torch
 
 from oscar_core import codebook
-from oscar_core.methods.base import Block, BlockContext, LayerState, MethodConfigError, MethodSpec
+from oscar_core.methods.base import Block, BlockContext, LayerState, MethodConfigError, MethodSpec, contextual
 from oscar_core.quant import ldexp_saturating, pow2_shift, saturate
 
 
@@ -201,16 +201,20 @@ class TurboQuantPlusSpec(MethodSpec):
                 dim += codebook.codes_in(block[f"{name}_codes"].shape[-1], bits - 1 if self.qjl else bits)
         return dim
 
-    def encode_keys_at(self, k: torch.Tensor, ctx: BlockContext) -> Block:
+    @contextual
+    def encode_keys(self, k: torch.Tensor, ctx: BlockContext | None = None) -> Block:
         return self._encode(k, ctx, "k")
 
-    def decode_keys_at(self, block: Block, dtype: torch.dtype, ctx: BlockContext) -> torch.Tensor:
+    @contextual
+    def decode_keys(self, block: Block, dtype: torch.dtype, ctx: BlockContext | None = None) -> torch.Tensor:
         return self._decode(block, dtype, ctx, "k")
 
-    def encode_values_at(self, v: torch.Tensor, ctx: BlockContext) -> Block:
+    @contextual
+    def encode_values(self, v: torch.Tensor, ctx: BlockContext | None = None) -> Block:
         return self._encode(v, ctx, "v")
 
-    def decode_values_at(self, block: Block, dtype: torch.dtype, ctx: BlockContext) -> torch.Tensor:
+    @contextual
+    def decode_values(self, block: Block, dtype: torch.dtype, ctx: BlockContext | None = None) -> torch.Tensor:
         return self._decode(block, dtype, ctx, "v")
 
     # -- accounting ----------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from oscar_core.compat import forward_cache_kwarg
 from oscar_eval.speed import plan as pl
 from oscar_eval.speed import roofline as rf
 from oscar_eval.speed.timing import Timing, time_fn
@@ -245,7 +246,7 @@ def _step_kwargs(h: ModelHandle, cache, batch: int, context: int, device) -> dic
     kwargs: dict[str, Any] = {
         "input_ids": ids,
         "position_ids": torch.full((batch, 1), context, device=device, dtype=torch.long),
-        "past_key_values": cache,
+        forward_cache_kwarg(h.model): cache,  # the name this transformers expects (oscar_core.compat)
         "use_cache": True,
     }
     if h.accepts_cache_position:

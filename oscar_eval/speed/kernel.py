@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,22 +22,7 @@ import torch.nn.functional as F
 
 from oscar_eval.speed import plan as pl
 from oscar_eval.speed import roofline as rf
-
-
-class Unavailable(RuntimeError):
-    """This implementation cannot run here (missing package or kernel); the message says why."""
-
-
-@dataclass
-class Case:
-    fn: Callable[[], Any]
-    calls: int
-    kv_bytes: int  # bytes of ONE input set's cache (what a real cache of this shape holds)
-    use_graph: bool = True
-    note: str | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-    check: Callable[[], float] | None = None  # relative error against a reference, when cheap
-    state: Any = None  # the arm's own objects (e.g. its cache), for inspection; never written out
+from oscar_eval.speed.case import Case, Unavailable
 
 
 def _nbytes(*ts: torch.Tensor) -> int:

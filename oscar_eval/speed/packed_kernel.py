@@ -2,7 +2,7 @@
 
 Everything that depends on that package's exact signatures lives here, so the rest of the profiler
 does not change when it does. When the kernel is not built or not importable, :func:`build` raises
-:class:`~oscar_eval.speed.kernel.Unavailable` with the reason, and the sweep records the row as
+:class:`~oscar_eval.speed.case.Unavailable` with the reason, and the sweep records the row as
 skipped.
 
 Kernel API used (oscar_core.kernels, 2026-11-29): ``pack_oscar_keys(k [N,H,T,128]) -> KernelKeys``,
@@ -20,6 +20,7 @@ import torch
 
 from oscar_eval.speed import plan as pl
 from oscar_eval.speed import roofline as rf
+from oscar_eval.speed.case import Case, Unavailable
 
 
 def kernels_status() -> dict[str, Any]:
@@ -45,8 +46,6 @@ def kernels_status() -> dict[str, Any]:
 
 
 def _kernels():
-    from oscar_eval.speed.kernel import Unavailable
-
     try:
         from oscar_core import kernels as kx
     except Exception as exc:
@@ -80,8 +79,8 @@ class PackedLayer:
                           else (kx.pack_kivi_keys, kx.pack_kivi_values))
         if kq:
             # Pack in batch chunks of at most ~1 GiB of bf16 source: large batches fit.
-            self.keys = kx.alloc_keys(batch, num_kv_heads, kq, device, method)
-            self.values = kx.alloc_values(batch, num_kv_heads, kq, device, method)
+            self.keys = kx.alloc_keys(batch, num_kv_heads, kq, device, method, head_dim=head_dim)
+            self.values = kx.alloc_values(batch, num_kv_heads, kq, device, method, head_dim=head_dim)
             per_seq = num_kv_heads * kq * head_dim * 2
             step = max(1, (1 << 30) // per_seq)
             if method != "oscar":  # the reference encoder holds fp32 temporaries: smaller chunks
@@ -97,8 +96,8 @@ class PackedLayer:
                 self.values.data[b0:b1].copy_(v.data)
                 del k, v
         else:  # nothing quantized yet: a one-group buffer with length 0
-            self.keys = kx.alloc_keys(batch, num_kv_heads, 32, device, method)
-            self.values = kx.alloc_values(batch, num_kv_heads, 32, device, method)
+            self.keys = kx.alloc_keys(batch, num_kv_heads, 32, device, method, head_dim=head_dim)
+            self.values = kx.alloc_values(batch, num_kv_heads, 32, device, method, head_dim=head_dim)
         torch.cuda.empty_cache()
         self.qlens = torch.full((batch,), kq, dtype=torch.int32, device=device)
         self.res_k = torch.randn(batch, num_kv_heads, window, head_dim, device=device, dtype=torch.bfloat16)
@@ -134,15 +133,14 @@ class PackedLayer:
 
 
 def build(method: str, batch: int, context: int, s: pl.Shape, device):
-    from oscar_eval.speed.kernel import Case, Unavailable
-
     kx = _kernels()
     if method not in ("oscar", "kivi"):
         raise Unavailable(f"oscar_core.kernels decodes the OScaR and KIVI formats; no {method} kernel")
     if method == "kivi" and not hasattr(kx, "pack_kivi_keys"):
         raise Unavailable("this oscar_core.kernels has no KIVI format (pack_kivi_keys)")
-    if s.head_dim != 128:
-        raise Unavailable(f"the kernel supports head_dim 128, not {s.head_dim}")
+    head_dims = getattr(kx, "HEAD_DIMS", (128,))
+    if s.head_dim not in head_dims:
+        raise Unavailable(f"the kernel supports head_dim {', '.join(map(str, head_dims))}, not {s.head_dim}")
     if s.num_q_heads // s.num_kv_heads not in (1, 2, 4, 8):
         raise Unavailable(f"the kernel supports GQA groups 1, 2, 4, 8, not {s.num_q_heads // s.num_kv_heads}")
     one = rf.kv_bytes(method, batch, context, s.num_kv_heads, s.head_dim, kernel_layout(method))

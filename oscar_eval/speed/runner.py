@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from oscar_eval.paths import results_root
 from oscar_eval.speed import plan as pl
 from oscar_eval.speed import results as rs
 from oscar_eval.speed import roofline as rf
@@ -45,7 +46,7 @@ class SpeedOptions:
     layers: int | None = None
     memory_budget_gb: float | None = None
     budget_context: int = 4096
-    results_dir: str = "results"
+    results_dir: str | None = None  # None: oscar_eval.paths.results_root() ($OSCAR_EVAL_HOME/results)
     name: str | None = None
     target_ms: float = 100.0
     min_reps: int = 20
@@ -272,7 +273,7 @@ def _e2e_row(h, p: pl.Point, opts: SpeedOptions, bw: float, deadline: float | No
     import torch
 
     from oscar_eval.speed import e2e as E
-    from oscar_eval.speed.kernel import Unavailable
+    from oscar_eval.speed.case import Unavailable
 
     t0 = time.monotonic()
     row = _base_row("e2e", h.arch, p.impl, p.batch, p.context, h.shape)
@@ -446,7 +447,7 @@ def run_speed(opts: SpeedOptions | None = None, log: Callable[[str], None] | Non
 
             failures.append(f"{what}: {traceback.format_exc(limit=6)}")
             log(f"oscar-eval speed: {what} stopped: {traceback.format_exc(limit=6)}")
-        rs.write_speed(opts.results_dir, document(partial=True))
+        rs.write_speed(results_root(opts.results_dir), document(partial=True))
 
     kstatus: dict[str, Any] = {"note": "not read yet"}
     # Build the packed-cache extension (JIT, on the CPUs) while the BF16 baselines are measured.
@@ -463,7 +464,7 @@ def run_speed(opts: SpeedOptions | None = None, log: Callable[[str], None] | Non
     kstatus = kernels_status()
     opts.notes.extend(_auto_notes(opts, rows))
     doc = document(partial=False)
-    path = rs.write_speed(opts.results_dir, doc)
+    path = rs.write_speed(results_root(opts.results_dir), doc)
     log(render_summary(doc["summary"]))
     log(f"wrote {path}")
     return doc

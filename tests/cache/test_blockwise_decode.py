@@ -1,4 +1,4 @@
-"""The blockwise decode (oscar_core.blockwise) against the timeline path it replaces, for every method.
+"""The blockwise decode (oscar_core.cache.blockwise) against the timeline path it replaces, for every method.
 
 The oracle is the original path: ``PackedKVLayer._timeline`` (every stored unit dequantized onto the
 padded timeline) through transformers' SDPA. Everything runs in fp32, so the two differ only by the
@@ -18,9 +18,8 @@ from tiny_models import generate, llama
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 import oscar_core as oc
-import oscar_core.attention as attention
-from oscar_core import blockwise
-from oscar_core.cache import PackedKVLayer
+import oscar_core.cache.attention as attention
+from oscar_core.cache import PackedKVLayer, blockwise
 
 R = 32
 NEW = 20  # new tokens per test generation
@@ -187,7 +186,7 @@ def test_affine_forms_are_recognised_and_subclasses_are_not():
     kivi = type(oc.get_method("kivi"))
 
     class Shifted(kivi):  # a decoder the fast path must not assume
-        def decode_keys(self, block, dtype):
-            return super().decode_keys(block, dtype) + 1
+        def decode_keys(self, block, dtype, ctx=None):
+            return super().decode_keys(block, dtype, ctx) + 1
 
     assert blockwise.affine_form(Shifted(), True) is None

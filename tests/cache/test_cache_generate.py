@@ -88,13 +88,13 @@ def _encode_log(spec):
     calls = {"k": [], "v": []}
 
     class Logged(type(spec)):
-        def encode_keys(self, k):
+        def encode_keys(self, k, ctx=None):
             calls["k"].append(k.shape[0] * k.shape[2])
-            return super().encode_keys(k)
+            return super().encode_keys(k, ctx)
 
-        def encode_values(self, v):
+        def encode_values(self, v, ctx=None):
             calls["v"].append(v.shape[0] * v.shape[2])
-            return super().encode_values(v)
+            return super().encode_values(v, ctx)
 
     return Logged(**spec.to_dict()["params"]), calls
 

@@ -174,7 +174,7 @@ def test_quantize_sliding_packed_equals_fake_quant_and_keeps_every_token(method)
     fake = oc.make_cache(model, method, quantize_sliding=True, fake_quant=True, **_small(method))
     seq_p, logits_p = generate(model, x, packed, 12)
     seq_f, logits_f = generate(model, x, fake, 12)
-    # Same numbers; the packed decode step attends from the codes (oscar_core.blockwise), fake-quant from
+    # Same numbers; the packed decode step attends from the codes (oscar_core.cache.blockwise), fake-quant from
     # dequantized tensors: equal up to fp32 summation order.
     assert torch.equal(seq_p, seq_f)
     torch.testing.assert_close(logits_p, logits_f, rtol=1e-5, atol=1e-5)

@@ -617,7 +617,7 @@ def test_a_foreign_attention_function_under_our_name_is_caught_at_the_next_updat
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.modeling_utils import AttentionInterface
 
-    from oscar_core.attention import ATTN_NAME, packed_kv_attention
+    from oscar_core.cache.attention import ATTN_NAME, packed_kv_attention
 
     model, inputs = _tiny_llama()
     cache = oc.make_cache(model, "kivi", residual_length=32)

@@ -11,10 +11,11 @@ from oscar_core import kernels as K
 from oscar_core.kernel_cache import KernelOScaRLayer
 
 R = 64
+HEAD_DIMS = [64, 128, 256]  # SmolLM2 / Qwen2.5-0.5B, Llama / Qwen2.5-1.5B, Gemma 3
 
 
-def _model(device="cpu"):
-    model, inputs = llama(head_dim=128, hidden_size=256, num_attention_heads=4, num_key_value_heads=2)
+def _model(device="cpu", head_dim=128):
+    model, inputs = llama(head_dim=head_dim, hidden_size=256, num_attention_heads=4, num_key_value_heads=2)
     return model.to(device=device, dtype=torch.bfloat16), inputs
 
 
@@ -30,14 +31,15 @@ def _generate(model, x, cache, n=40):
     return out.sequences, torch.stack(out.logits, 1).float()
 
 
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
 @pytest.mark.parametrize(("device", "mode"), [
     ("cpu", "fallback"),
     pytest.param("cuda", "on", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
                                                                            reason="needs a CUDA device")]),
 ])
-def test_kernel_layout_holds_exactly_the_reference_codes(device, mode):
+def test_kernel_layout_holds_exactly_the_reference_codes(device, mode, head_dim):
     # on CUDA the prompt and every flush go through the pack kernels: still the reference's bits
-    model, inputs = _model(device)
+    model, inputs = _model(device, head_dim)
     x = _left_padded(inputs, device)
     ref, ker = oc.make_cache(model, "oscar", kernels="off", residual_length=R), \
         oc.make_cache(model, "oscar", kernels=mode, residual_length=R)
@@ -53,11 +55,11 @@ def test_kernel_layout_holds_exactly_the_reference_codes(device, mode):
             ref_keys = {n: t[b, :n_units] for n, t in lr.k.units.items()}
             # reference storage is per R-token unit; the kernel's is one token axis per sequence
             assert torch.equal(kb["codes"][b, :, : tokens // 32], ref_keys["codes"].transpose(0, 1).reshape(
-                2, tokens // 32, 128, 8))
+                2, tokens // 32, head_dim, 8))
             assert torch.equal(kb["scale"][b, :, : tokens // 32], ref_keys["scale"].transpose(0, 1).reshape(
-                2, tokens // 32, 128))
+                2, tokens // 32, head_dim))
             assert torch.equal(kb["norm"][b, :tokens], ref_keys["norm"].reshape(tokens))
-            ref_vals = lr.v.units["codes"][b, :n_units].transpose(0, 1).reshape(2, tokens, 4, 8)
+            ref_vals = lr.v.units["codes"][b, :n_units].transpose(0, 1).reshape(2, tokens, head_dim // 32, 8)
             assert torch.equal(vb["codes"][b, :, :tokens], ref_vals)
 
 
@@ -76,8 +78,9 @@ def _teacher_forced_logits(model, x, cache, steps=40):
     return torch.stack(out, 1)
 
 
-def test_kernel_decode_path_gives_the_reference_answers():
-    model, inputs = _model()
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_kernel_decode_path_gives_the_reference_answers(head_dim):
+    model, inputs = _model(head_dim=head_dim)
     x = _left_padded(inputs)
     ref = _teacher_forced_logits(model, x, oc.make_cache(model, "oscar", kernels="off", residual_length=R))
     cache = oc.make_cache(model, "oscar", kernels="fallback", residual_length=R)
@@ -102,11 +105,15 @@ def test_kernel_modes_fail_clearly_where_they_cannot_apply():
         oc.make_cache(model, "oscar", kernels="fast")
     cache = oc.make_cache(model, "oscar")  # auto on CPU: the reference path
     assert not isinstance(cache.layers[0], KernelOScaRLayer)
+    small, _ = _model(head_dim=32)  # a power of two OScaR rotates, but no kernel instantiation
+    with pytest.raises(ValueError, match=r"kernels='fallback': the kernels need head_dim in \(64, 128, 256\) \(got 32\)"):
+        oc.make_cache(small, "oscar", kernels="fallback")
 
 
 @pytest.mark.gpu
-def test_cuda_kernels_in_the_cache_match_the_reference_path():
-    model, inputs = _model("cuda")
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_cuda_kernels_in_the_cache_match_the_reference_path(head_dim):
+    model, inputs = _model("cuda", head_dim)
     x = _left_padded(inputs, "cuda")
     ref = _teacher_forced_logits(model, x, oc.make_cache(model, "oscar", kernels="off", residual_length=R))
     cache = oc.make_cache(model, "oscar", kernels="on", residual_length=R)

@@ -18,11 +18,15 @@ def _rand(*shape, seed=0, dtype=torch.bfloat16):
     return (torch.randn(*shape, generator=g) * 2.0 + 0.3).to(dtype)
 
 
-def test_slot_map_is_a_permutation():
+HEAD_DIMS = [64, 128, 256]
+
+
+@pytest.mark.parametrize("d", HEAD_DIMS)
+def test_slot_map_is_a_permutation(d):
     for keys in (True, False):
-        m = slot_map(keys)
-        assert m.shape == (32, 128)
-        assert torch.equal(m.flatten().sort().values, torch.arange(4096))
+        m = slot_map(keys, head_dim=d)
+        assert m.shape == (32, d)
+        assert torch.equal(m.flatten().sort().values, torch.arange(32 * d))
 
 
 def test_key_slot_map_matches_mma_fragment():
@@ -40,23 +44,26 @@ def test_key_slot_map_matches_mma_fragment():
     assert slot_map(False)[2, 1].item() == 80 * 4
 
 
-def test_codes_block_bytes_roundtrip():
+@pytest.mark.parametrize("d", HEAD_DIMS)
+def test_codes_block_bytes_roundtrip(d):
     g = torch.Generator().manual_seed(1)
-    codes = torch.randint(0, 4, (2, 3, 32, 128), generator=g, dtype=torch.uint8)
+    codes = torch.randint(0, 4, (2, 3, 32, d), generator=g, dtype=torch.uint8)
     for keys in (True, False):
         packed = codes_to_block_bytes(codes, keys)
-        assert packed.shape == (2, 3, 1024)
+        assert packed.shape == (2, 3, 8 * d)
         assert torch.equal(block_bytes_to_codes(packed, keys), codes)
 
 
-def test_reference_block_conversion_is_lossless():
-    k = _rand(2, 4, 64, 128, seed=2)
-    v = _rand(2, 4, 64, 128, seed=3)
+@pytest.mark.parametrize("d", HEAD_DIMS)
+def test_reference_block_conversion_is_lossless(d):
+    k = _rand(2, 4, 64, d, seed=2)
+    v = _rand(2, 4, 64, d, seed=3)
     spec = OScaRSpec()
     kb = spec.encode_keys(hadamard_transform(k))
     vb = spec.encode_values(v)
     keys, values = K.from_reference_blocks(kb, vb)
-    assert keys.data.shape == (2, 4, 2, 1536) and values.data.shape == (2, 4, 2, 1536)
+    assert keys.data.shape == (2, 4, 2, 12 * d) and values.data.shape == (2, 4, 2, 12 * d)
+    assert keys.head_dim == values.head_dim == d
     kb2, vb2 = K.to_reference_blocks(keys, values)
     for name in ("codes", "scale", "zero", "norm"):
         assert torch.equal(kb2[name], kb[name]), name
@@ -64,9 +71,10 @@ def test_reference_block_conversion_is_lossless():
         assert torch.equal(vb2[name], vb[name]), name
 
 
-def test_dequantize_matches_reference_decode():
-    k = _rand(1, 8, 96, 128, seed=4)
-    v = _rand(1, 8, 96, 128, seed=5)
+@pytest.mark.parametrize("d", HEAD_DIMS)
+def test_dequantize_matches_reference_decode(d):
+    k = _rand(1, 8, 96, d, seed=4)
+    v = _rand(1, 8, 96, d, seed=5)
     spec = OScaRSpec()
     k_att = hadamard_transform(k)
     keys = K.pack_oscar_keys(k, force_fallback=True)
@@ -83,8 +91,8 @@ def test_dequantize_matches_reference_decode():
 def test_pack_rejects_bad_shapes():
     with pytest.raises(ValueError, match="multiple of 32"):
         K.pack_oscar_keys(_rand(1, 2, 40, 128), force_fallback=True)
-    with pytest.raises(ValueError, match=r"\[N, H, T, 128\]"):
-        K.pack_values(_rand(1, 2, 32, 64), force_fallback=True)
+    with pytest.raises(ValueError, match=r"\[N, H, T, head_dim\] with head_dim in \(64, 128, 256\)"):
+        K.pack_values(_rand(1, 2, 32, 96), force_fallback=True)
 
 
 def _naive_attention(q, k_all, v_all, scale):
@@ -102,27 +110,28 @@ def _naive_attention(q, k_all, v_all, scale):
     return torch.stack(outs)
 
 
-def test_decode_fallback_matches_naive_attention_with_lengths():
+@pytest.mark.parametrize("d", HEAD_DIMS)
+def test_decode_fallback_matches_naive_attention_with_lengths(d):
     b, hq, hkv, cap, r = 2, 8, 2, 128, 16
-    q = _rand(b, hq, 128, seed=6)
-    keys = K.alloc_keys(b, hkv, cap, "cpu")
-    values = K.alloc_values(b, hkv, cap, "cpu")
-    kfull = _rand(b, hkv, cap, 128, seed=7)
-    vfull = _rand(b, hkv, cap, 128, seed=8)
+    q = _rand(b, hq, d, seed=6)
+    keys = K.alloc_keys(b, hkv, cap, "cpu", head_dim=d)
+    values = K.alloc_values(b, hkv, cap, "cpu", head_dim=d)
+    kfull = _rand(b, hkv, cap, d, seed=7)
+    vfull = _rand(b, hkv, cap, d, seed=8)
     K.pack_oscar_keys(kfull, force_fallback=True).copy_into(keys, 0)
     K.pack_values(vfull, force_fallback=True).copy_into(values, 0)
-    rk = hadamard_transform(_rand(b, hkv, r, 128, seed=9))
-    rv = _rand(b, hkv, r, 128, seed=10)
+    rk = hadamard_transform(_rand(b, hkv, r, d, seed=9))
+    rv = _rand(b, hkv, r, d, seed=10)
     qlens = torch.tensor([64, 128], dtype=torch.int32)
     rlens = torch.tensor([5, 0], dtype=torch.int32)
     out = K.decode_attention(q, keys, values, qlens, rk, rv, rlens, force_fallback=True)
-    assert out.dtype == q.dtype and out.shape == (b, hq, 128)
+    assert out.dtype == q.dtype and out.shape == (b, hq, d)
     kd, vd = K.dequantize_keys(keys), K.dequantize_values(values)
     k_all = [torch.cat([kd[i, :, : qlens[i]], rk[i, :, : rlens[i]].float()], 1) for i in range(b)]
     v_all = [torch.cat([vd[i, :, : qlens[i]], rv[i, :, : rlens[i]].float()], 1) for i in range(b)]
-    ref = _naive_attention(hadamard_transform(q.float()), k_all, v_all, 1 / math.sqrt(128))
+    ref = _naive_attention(hadamard_transform(q.float()), k_all, v_all, 1 / math.sqrt(d))
     ref32 = K.decode_attention_reference(q, keys, values, qlens, rk, rv, rlens)
-    torch.testing.assert_close(ref32, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ref32, ref, rtol=1e-5, atol=3e-5)  # fp32 sums in another order
     assert (out.float() - ref).norm() / ref.norm() < 1e-2
 
 
@@ -163,14 +172,19 @@ def test_choose_splits_fills_the_gpu_from_capacity():
     assert K.choose_splits(1, 8, 0, 132)[0] == 1
 
 
-def test_meta_perm_groups_each_threads_pairs():
+@pytest.mark.parametrize("d", HEAD_DIMS)
+def test_meta_perm_groups_each_threads_pairs(d):
     from oscar_core.kernels.layout import meta_perm
 
     for keys in (True, False):
-        perm = meta_perm(keys)
-        assert torch.equal(perm.sort().values, torch.arange(128))
+        perm = meta_perm(keys, head_dim=d)
+        assert torch.equal(perm.sort().values, torch.arange(d))
         # stored pairs are consecutive elements of the reference order (channel / token pairs)
-        assert torch.equal(perm[1::2] - perm[0::2], torch.ones(64, dtype=perm.dtype))
+        assert torch.equal(perm[1::2] - perm[0::2], torch.ones(d // 2, dtype=perm.dtype))
+        # thread t4 of the decode kernel reads 16-byte chunk q * 4 + t4: its pairs are channels / tokens
+        # 2 t4, 2 t4 + 1 (mod 8) of 16-channel tiles (keys) or 8-token halves (values)
+        chunks = perm.view(d // 32, 4, 8)  # [chunk row q, t4, 8 fp16]
+        assert torch.equal((chunks % 8) // 2, torch.arange(4).view(1, 4, 1).expand_as(chunks))
     # keys: thread t4 = 1 reads pairs 4..7 first: channels 2,3 | 10,11 | 18,19 | 26,27
     assert meta_perm(True)[8:16].tolist() == [2, 3, 10, 11, 18, 19, 26, 27]
     # values: thread t4 = 0, first chunk: group 0, tokens 0,1 | 8,9 | 16,17 | 24,25

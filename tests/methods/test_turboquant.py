@@ -171,7 +171,7 @@ def test_default_split_picks_a_quarter_of_the_channels_and_round_trips(head_dim)
     ctx = spec.standalone_context(k, v)
     perm = ctx.state.per_seq[0]["k_perm"]
     assert set(perm[0, :n_out].tolist()) == set(big.tolist())
-    block = spec.encode_keys_at(k.reshape(1, 1, 2, 16, head_dim).transpose(1, 2).reshape(2, 1, 16, head_dim), ctx)
+    block = spec.encode_keys(k.reshape(1, 1, 2, 16, head_dim).transpose(1, 2).reshape(2, 1, 16, head_dim), ctx)
     assert block["out_codes"].shape[-1] == n_out * 3 // 8 and block["reg_codes"].shape[-1] == (head_dim - n_out) // 4
     k_hat, v_hat = spec.roundtrip_standalone(k, v)
     assert k_hat.shape == k.shape and v_hat.shape == v.shape

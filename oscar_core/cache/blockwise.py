@@ -1,4 +1,4 @@
-"""One decode step of attention straight from a :class:`~oscar_core.cache.PackedKVLayer`'s packed storage.
+"""One decode step of attention straight from a :class:`~oscar_core.cache.layer.PackedKVLayer`'s packed storage.
 
 The timeline path (``PackedKVLayer.attention_inputs``) dequantizes every stored unit into a padded
 ``[B, H, T, D]`` K and V at every step and hands them to SDPA. Here, for one query token per sequence:
@@ -32,8 +32,10 @@ from typing import Literal
 
 import torch
 
-from oscar_core.methods import MethodSpec
-from oscar_core.methods.base import BlockContext
+from oscar_core.cache import policy
+from oscar_core.cache.layer import PackedKVLayer
+from oscar_core.cache.storage import ReferenceLayout, decode_slots
+from oscar_core.methods.base import MethodSpec
 from oscar_core.methods.kivi import KIVISpec
 from oscar_core.methods.oscar import OScaRSpec
 from oscar_core.methods.ott import OTTSpec
@@ -52,13 +54,13 @@ ZeroPoint = Literal["integer", "float"]
 _AFFINE_KEYS = {
     OScaRSpec.decode_keys: ("token", "integer"),
     KIVISpec.decode_keys: ("token", "float"),
-    OTTSpec.decode_keys_at: ("token", "float"),
+    OTTSpec.decode_keys: ("token", "float"),
     QuaRotSpec.decode_keys: ("channel", "integer"),
 }
 _AFFINE_VALUES = {
     OScaRSpec.decode_values: ("channel", "integer"),
     KIVISpec.decode_values: ("channel", "float"),
-    OTTSpec.decode_values_at: ("channel", "float"),
+    OTTSpec.decode_values: ("channel", "float"),
     QuaRotSpec.decode_values: ("channel", "integer"),
 }
 
@@ -66,12 +68,8 @@ _AFFINE_VALUES = {
 def affine_form(spec: MethodSpec, is_key: bool) -> tuple[Axis, ZeroPoint] | None:
     """``(group axis, zero point)`` when the stream's decoder is the plain affine dequantizer, else None."""
     cls = type(spec)
-    at = cls.decode_keys_at if is_key else cls.decode_values_at
-    plain = cls.decode_keys if is_key else cls.decode_values
-    generic_at = MethodSpec.decode_keys_at if is_key else MethodSpec.decode_values_at
     table = _AFFINE_KEYS if is_key else _AFFINE_VALUES
-    fn = plain if at is generic_at else at
-    return table.get(fn)
+    return table.get(cls.decode_keys if is_key else cls.decode_values)
 
 
 def decode_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scaling: float | None,
@@ -79,11 +77,9 @@ def decode_attention(layer, query: torch.Tensor, mask: torch.Tensor | None, scal
     """Attention output ``[B, 1, Hq, D]`` (SDPA's, transposed as transformers returns it) for one query
     token per sequence in the attention basis, or None when this path does not apply.
     ``fast=False`` uses the generic path for every method (a check of the fast one)."""
-    from oscar_core.cache import PackedKVLayer
-
     if layer.has_pending_prompt or query.shape[2] != 1 or layer.k.buf is None:
         return None
-    if type(layer)._dense_quantized is not PackedKVLayer._dense_quantized:  # another storage layout
+    if type(layer.layout) is not ReferenceLayout:  # another storage layout
         return None
     if type(layer)._timeline is not PackedKVLayer._timeline:
         return None
@@ -148,18 +144,6 @@ def _chunks(s, su: int):
 
 def _block(s, u0: int, u1: int) -> dict[str, torch.Tensor]:
     return {name: t[:, u0:u1] for name, t in s.units.items()}
-
-
-def _decoded(layer, s, u0: int, u1: int) -> torch.Tensor:
-    """The method's own decode of unit slots ``[u0, u1)``: ``[B, H, (u1-u0)*unit, D]`` fp32."""
-    block = _block(s, u0, u1)
-    batch, n = next(iter(block.values())).shape[:2]
-    flat = {name: t.reshape(batch * n, *t.shape[2:]) for name, t in block.items()}
-    ctx = BlockContext(layer.state, torch.arange(batch).repeat_interleave(n),
-                       torch.arange(u0, u1).repeat(batch) * s.unit)
-    x = layer._decode_block(s, flat, ctx).float()  # [B*n, H, unit, D]
-    heads, dim = x.shape[1], x.shape[3]
-    return x.reshape(batch, n, heads, s.unit, dim).permute(0, 2, 1, 3, 4).reshape(batch, heads, n * s.unit, dim)
 
 
 def _fast_form(layer, s, fast: bool) -> tuple[Axis, ZeroPoint] | None:
@@ -237,7 +221,7 @@ def _stream_key_scores(layer, s, q: torch.Tensor, su: int, fast: bool) -> torch.
             if form is not None:
                 parts.append(_affine_key_scores(q, _block(s, u0, u1), *form, layer.spec.bits))
             else:
-                parts.append(torch.matmul(q, _decoded(layer, s, u0, u1).transpose(2, 3)))
+                parts.append(torch.matmul(q, decode_slots(layer, s, u0, u1).float().transpose(2, 3)))
     parts.append(torch.matmul(q, s.buf.float().transpose(2, 3)))
     return torch.cat(parts, dim=3)
 
@@ -251,15 +235,9 @@ def _key_scores(layer, q: torch.Tensor, fast: bool) -> torch.Tensor:
     index = index[:, None, None, :].expand(batch, heads, m, layer.total_len)
     scores = torch.gather(slot_scores, 3, index)
     if s.ov_vals is not None:  # full-precision overrides: their own scores
-        rows, cols = _override_index(layer, s, q.device)
+        rows, cols = policy.override_index(layer.pad, s.ov_rows, s.ov_pos, q.device)
         scores[rows, :, :, cols] = torch.matmul(q[rows], s.ov_vals.float()[:, :, :, None].to(q.device))[..., 0]
     return scores
-
-
-def _override_index(layer, s, device) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = torch.tensor(s.ov_rows, device=device)
-    cols = torch.tensor([layer.pad[b] + p for b, p in zip(s.ov_rows, s.ov_pos, strict=True)], device=device)
-    return rows, cols
 
 
 # -- pass 2: weighted values -----------------------------------------------------------------------
@@ -288,7 +266,7 @@ def _weighted_values(layer, probs: torch.Tensor, fast: bool) -> torch.Tensor:
     p = torch.gather(padded, 3, index)  # [B, H, M, su + width]; unused slots weigh 0
     out = torch.matmul(p[..., su:], s.buf.float())
     if s.ov_vals is not None:  # the weight of an overridden token goes to its full-precision copy
-        rows, cols = _override_index(layer, s, probs.device)
+        rows, cols = policy.override_index(layer.pad, s.ov_rows, s.ov_pos, probs.device)
         w = probs[rows, :, :, cols]  # [P, H, M]
         out = out.index_add(0, rows, w[..., None] * s.ov_vals.float().to(probs.device)[:, :, None, :])
         p[rows, :, :, torch.tensor(s.ov_pos, device=probs.device)] = 0.0
@@ -299,7 +277,7 @@ def _weighted_values(layer, probs: torch.Tensor, fast: bool) -> torch.Tensor:
             if form is not None:
                 out = out + _affine_weighted_values(pc, _block(s, u0, u1), form[1], layer.spec.bits)
             else:
-                v = _decoded(layer, s, u0, u1)
+                v = decode_slots(layer, s, u0, u1).float()
                 used = slot_pos[:, u0 * s.unit : u1 * s.unit] < total
                 if not bool(used.all()):  # unused slots may decode to anything (0 * inf would be NaN)
                     v = torch.where(used[:, None, :, None], v, 0.0)
