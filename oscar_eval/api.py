@@ -10,6 +10,7 @@ With neither ``model`` nor ``data_dir`` it runs the built-in smoke configuration
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -22,6 +23,7 @@ import yaml
 
 from oscar_eval import models as _models  # noqa: F401 - sets the offline environment first
 from oscar_eval.errors import UserError
+from oscar_eval.selection import describe_selection
 
 PROTOCOL = "paper"
 
@@ -65,7 +67,8 @@ def check_overrides(methods: Sequence[str], overrides: Mapping[str, Any]) -> Non
     known: dict[str, set[str]] = {}
     for low, m in run.items():
         try:
-            known[low] = set(oc.get_method(m).to_dict()["params"])
+            # the spec's fields: to_dict may leave out an extension parameter left at its default
+            known[low] = {f.name for f in dataclasses.fields(oc.get_method(m))}
         except MethodConfigError:  # an unknown method: method_spec names it
             continue
     names = ", ".join(methods)
@@ -143,7 +146,7 @@ def run_benchmark(
     limit: int | None = None,
     data_dir: str | Path | None = None,
     max_input_len: int | None = None,
-    results: str | Path = "results",
+    results: str | Path | None = None,
     resume: bool = False,
     overwrite: bool = False,
     retry_failed: bool = False,
@@ -158,6 +161,8 @@ def run_benchmark(
     benchmark_options: Mapping[str, Any] | None = None,
     device_map: str | None = None,
     shard: Any = None,
+    batch_size: int = 1,
+    on_result: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Evaluate ``benchmark`` for each method; returns one summary per method (also on disk).
 
@@ -166,9 +171,15 @@ def run_benchmark(
     the model's layers over the visible GPUs (transformers' ``from_pretrained(device_map=...)``).
     ``shard`` (:class:`oscar_eval.sharding.Shard`; default: from the launcher's environment, e.g.
     torchrun's RANK/WORLD_SIZE) makes this process evaluate its shard of the items; the last shard to
-    finish merges them (docs/results.md, "Sharded runs")."""
+    finish merges them (docs/results.md, "Sharded runs"). ``results``: the results store (default
+    ``$OSCAR_EVAL_HOME/results``, see :mod:`oscar_eval.paths`). ``batch_size`` > 1 generates that many items at
+    once (left padding, items grouped by prompt length; text benchmarks), with batch 1's greedy tokens.
+    ``on_result(summary)`` is called as each method finishes (the list comes back after the last one)."""
     from oscar_eval import provenance, sharding, smoke
-    from oscar_eval.benchmarks import get_benchmark
+    from oscar_eval.benchmarks import benchmark_key, get_benchmark
+    from oscar_eval.paths import results_root
+
+    results = results_root(results)  # default: $OSCAR_EVAL_HOME/results, never the current folder
 
     def say(msg: str) -> None:
         if log is not None:
@@ -178,9 +189,14 @@ def run_benchmark(
 
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be positive, got {limit}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be positive, got {batch_size}")
     if not methods:
         raise UserError("no --method given")
+    benchmark_key(benchmark)  # an unknown benchmark is named before any banner or default data
     overrides = dict(overrides or {})
+    # Methods and --set first: they need neither data nor a model.
+    specs = [(m, method_spec(m, overrides_for(m, overrides, methods))) for m in methods]
     resume = resume or retry_failed
     shard = sharding.detect() if shard is None else shard
     if device_map is not None and shard.sharded and device in ("auto", "cuda"):
@@ -198,16 +214,13 @@ def run_benchmark(
     bench_smoke = _smoke_hook(benchmark) if is_smoke else None
     if bench_smoke is not None:  # a benchmark with its own smoke configuration (e.g. NIAH)
         cfg = bench_smoke()
-        say(f"SMOKE CONFIGURATION: {cfg['description']}. Scores are meaningless; this only checks the "
-            "pipeline. Pass --model and --data-dir for a real evaluation.")
+        smoke_what = cfg["description"]
         data_dir = cfg["data_dir"]
         model_label = model_label or cfg.get("model_label") or smoke.SMOKE_LABEL
         max_input_len = max_input_len or cfg.get("max_input_len")
         bench_options = {**cfg.get("options", {}), **bench_options}
     elif is_smoke:
-        say("SMOKE CONFIGURATION: tiny random-weight Llama + built-in LongBench-E fixture "
-            f"({smoke.SMOKE_DATA}). Scores are meaningless; this only checks the pipeline. "
-            "Pass --model and --data-dir for a real evaluation.")
+        smoke_what = f"tiny random-weight Llama + built-in LongBench-E fixture ({smoke.SMOKE_DATA})"
         data_dir = smoke.SMOKE_DATA
         model_label = model_label or smoke.SMOKE_LABEL
         max_input_len = max_input_len or smoke.SMOKE_MAX_INPUT_LEN
@@ -217,11 +230,14 @@ def run_benchmark(
 
     bench = get_benchmark(benchmark, data_dir=data_dir, subsets=list(subsets) if subsets else None,
                           **bench_options)
+    if batch_size > 1 and getattr(bench, "kind", "text") != "text":
+        kind = getattr(bench, "kind", "?")
+        raise UserError(f"--batch-size {batch_size}: {benchmark} runs its items one at a time ({kind} inputs); "
+                        "batching is for text generation benchmarks")
     gen_cfg = getattr(bench, "config", {}).get("generation", {})
     max_input_len = int(max_input_len or gen_cfg.get("max_input_len", 32768))
 
-    # Validate everything cheap before loading any weights: methods, overrides, data files.
-    specs = [(m, method_spec(m, overrides_for(m, overrides, methods))) for m in methods]
+    # Validate everything cheap before loading any weights: data files, then the existing-run checks.
     if hasattr(bench, "use_tokenizer"):  # prompts sized in the model's own tokens (NIAH)
         from oscar_eval.models import resolve_model_path
 
@@ -242,7 +258,14 @@ def run_benchmark(
     prepared = _prepare_runs(benchmark, bench, specs, items, data_files, model_path, model_label,
                              requested_subsets, bench_options, is_smoke, results, max_input_len,
                              chat_template, seed, limit, device, dtype, resume, overwrite, retry_failed,
-                             shard=shard, shard_items=mine, device_map=device_map)
+                             shard=shard, shard_items=mine, device_map=device_map, batch_size=batch_size)
+    # Only now, with every cheap check passed: what runs (the grid after any overrides).
+    selection = describe_selection(bench, len(items))
+    if is_smoke:
+        say(f"SMOKE CONFIGURATION: {smoke_what}; {selection}. Scores are meaningless; this only checks the "
+            "pipeline. Pass --model and --data-dir for a real evaluation.")
+    else:
+        say(f"{bench.name}: {selection}; methods {', '.join(methods)}")
     if shard.sharded:
         say(f"shard {shard.tag} ({shard.source}): items {len(mine)} of {len(items)} on {device}")
     import torch
@@ -256,26 +279,32 @@ def run_benchmark(
                      overwrite=overwrite, device=device, dtype=dtype, chat_template=bool(chat_template),
                      model_label=model_label, overrides=overrides, seed=seed, progress=progress,
                      max_input_len=max_input_len, limit=limit, say=say, shard=shard, shard_items=mine,
-                     device_map=device_map,
+                     device_map=device_map, batch_size=batch_size,
                      benchmark_args={"name": benchmark, "data_dir": str(Path(data_dir).resolve()),
                                      "subsets": list(bench.subsets()),
                                      "options": {k: (str(v) if isinstance(v, Path) else v)
                                                  for k, v in bench_options.items()}})
-        return [_run_method(plan, run, reload=i > 0) for i, run in enumerate(prepared)]
+        summaries = []
+        for i, run in enumerate(prepared):
+            summaries.append(_run_method(plan, run, reload=i > 0))
+            if on_result is not None:
+                on_result(summaries[-1])
+        return summaries
     finally:
         torch.set_num_threads(threads)
         for run in prepared:
             run.store.unlock()
 
 
-def _settings(bench: Any, max_input_len: int, chat_template: bool, seed: int) -> dict:
+def _settings(bench: Any, max_input_len: int, chat_template: bool, seed: int, batch_size: int = 1) -> dict:
     return {"max_input_len": max_input_len, "chat_template": bool(chat_template), "seed": seed,
-            "greedy": True, "batch_size": 1, "protocol": PROTOCOL, **getattr(bench, "settings", {})}
+            "greedy": True, "batch_size": batch_size, "protocol": PROTOCOL, **getattr(bench, "settings", {})}
 
 
 def _prepare_runs(benchmark, bench, specs, items, data_files, model_path, model_label, requested_subsets,
                   bench_options, is_smoke, results, max_input_len, chat_template, seed, limit, device,
-                  dtype, resume, overwrite, retry_failed, shard=None, shard_items=None, device_map=None) -> list:
+                  dtype, resume, overwrite, retry_failed, shard=None, shard_items=None, device_map=None,
+                  batch_size=1) -> list:
     """Before any weights load: every method's run id (static configuration), lock, existing-run checks."""
     from oscar_eval import provenance, run_setup
     from oscar_eval.benchmarks import get_benchmark
@@ -296,7 +325,7 @@ def _prepare_runs(benchmark, bench, specs, items, data_files, model_path, model_
     target = run_setup.coverage_target(bench, items, limit, default_subsets)
     prepared = run_setup.prepare(
         bench=bench, specs=specs, items=items, results=Path(results), label=model_label or path.name,
-        settings=_settings(bench, max_input_len, chat_template, seed), limit=limit, data_files=data_files,
+        settings=_settings(bench, max_input_len, chat_template, seed, batch_size), limit=limit, data_files=data_files,
         revision=provenance.model_revision(path), dtype=str(resolve_dtype(dtype, dev)).removeprefix("torch."),
         device=device_identity(dev), params_of=_spec_params, resume=resume, overwrite=overwrite,
         retry_failed=retry_failed, shard=shard, shard_items=shard_items, device_map=device_map)
@@ -346,6 +375,7 @@ class _Plan:
     shard: Any = None
     shard_items: list | None = None  # this process's items (all of them without a launch)
     device_map: str | None = None
+    batch_size: int = 1
     benchmark_args: dict | None = None  # how `oscar-eval merge` rebuilds the benchmark (for summarize)
     loaded: Any = None
 
@@ -425,6 +455,12 @@ def _run_method(plan: _Plan, run: Any, reload: bool) -> dict:
         "created": created or provenance.now(),
         "updated": provenance.now(),
     }
+    if getattr(bench, "contexts", None):  # lengths in tokens; on the command line 1k = 1024 (NIAH's was 1000)
+        from oscar_eval.token_counts import K
+
+        given = ((plan.benchmark_args or {}).get("options") or {}).get("contexts")
+        manifest["contexts"] = {"tokens": list(bench.contexts), "k": K,
+                                "given": given if isinstance(given, str) else None}
     header = {"benchmark": bench.name, "model_label": label, "method": spec.name, "bits_per_element": bpe,
               "protocol": PROTOCOL, "configuration": "smoke" if is_smoke else "user"}
     if store.shard is not None:  # what the merge needs: this shard's part, the whole run's target, the header
@@ -442,6 +478,11 @@ def _run_method(plan: _Plan, run: Any, reload: bool) -> dict:
 
         return _runner.generate(item, oc.make_cache(_loaded.model, _name, **_ov))
 
+    def generate_batch(batch, _runner=runner, _loaded=loaded, _name=name, _ov=method_overrides):
+        import oscar_core as oc
+
+        return _runner.generate_batch(batch, oc.make_cache(_loaded.model, _name, **_ov))
+
     store.open(resume=resume)
     todo = {it.item_id for it in run.to_run}
     done = {it.item_id for it in mine if it.item_id not in todo}
@@ -452,7 +493,10 @@ def _run_method(plan: _Plan, run: Any, reload: bool) -> dict:
         where = f" [{store.shard.tag}]" if store.shard is not None else ""
         bar = tqdm(total=len(mine), desc=f"{bench.name} {spec.name}{where}", unit="item", file=sys.stderr)
     try:
-        stats = evaluate_items(mine, store, generate, bench.score, seed=seed, done_ids=done, progress=bar)
+        batched = plan.batch_size > 1
+        stats = evaluate_items(mine, store, generate, bench.score, seed=seed, done_ids=done, progress=bar,
+                               generate_batch=generate_batch if batched else None, batch_size=plan.batch_size,
+                               batch_key=runner.batch_key if batched else None)
     finally:
         store.close()
         if bar is not None:

@@ -252,11 +252,26 @@ class RunStore:
         records = self.latest_records()
         summary = {**header, "n_items": len(records),
                    "n_failed": sum(1 for r in records if r.get("status") != "ok"), **summarize(records)}
+        speed = throughput(records)
+        if speed is not None:
+            summary["throughput"] = speed
         target = self.read_manifest().get("coverage") if self.manifest_path.exists() else None
         if isinstance(target, dict) and isinstance(target.get("total"), int):
             summary["coverage"] = coverage(len(records), target["total"], target.get("missing_subsets") or [])
         self.write_summary(summary)
         return self.read_summary()
+
+
+def throughput(records: list[dict]) -> dict | None:
+    """Generated tokens per second of wall time over the ok records (a batch's time is shared by its
+    items), or None when no record counts tokens (e.g. perplexity)."""
+    ok = [r for r in records if r.get("status") == "ok" and isinstance(r.get("new_tokens"), int)
+          and isinstance(r.get("seconds"), (int, float))]
+    if not ok:
+        return None
+    tokens, seconds = sum(r["new_tokens"] for r in ok), sum(r["seconds"] for r in ok)
+    return {"new_tokens": tokens, "seconds": round(seconds, 3),
+            "tokens_per_s": round(tokens / seconds, 2) if seconds > 0 else None}
 
 
 def coverage(done: int, total: int, missing_subsets: list[str] | None = None) -> dict:

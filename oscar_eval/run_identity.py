@@ -89,7 +89,7 @@ def decode_path(cache: Any) -> str:
 
 def _class_entry(obj: Any) -> dict:
     cls = type(obj)
-    # The harness's own processors (oscar_eval.vision.QwenVLProcessor, oscar_eval.audio.AudioTextProcessor)
+    # The harness's own processors (oscar_eval.models.vision.QwenVLProcessor, oscar_eval.models.audio.AudioTextProcessor)
     # stand in for a model's processor that could not be built here.
     return {"class": f"{cls.__module__}.{cls.__qualname__}", "stand_in": cls.__module__.startswith("oscar_eval.")}
 

@@ -12,7 +12,7 @@ Without VLMEvalKit the class is usable on its own (``OscarVLM(path).generate_inn
 
 ``message`` is VLMEvalKit's list of ``{"type": "image" | "text", "value": path or text}``; the items
 keep their order in the user turn. Image handling (e.g. Qwen3-VL's ``min_pixels`` on OCRBench) and
-decoding are the ones of :class:`oscar_eval.vision.VisionRunner`, so numbers match ``oscar-eval run``.
+decoding are the ones of :class:`oscar_eval.models.vision.VisionRunner`, so numbers match ``oscar-eval run``.
 
 :func:`cross_check` re-scores an ``oscar-eval run ocrbench`` run folder with VLMEvalKit's own
 ``OCRBench.evaluate`` (when ``vlmeval`` is importable) and compares it with our summary.
@@ -56,7 +56,7 @@ class OscarVLM(_VLMEvalBase):  # type: ignore[misc,valid-type]
         if _VLMEvalBase is not object:
             super().__init__()
         import oscar_core as oc
-        from oscar_eval.vision import VisionRunner, load_vision_model
+        from oscar_eval.models.vision import VisionRunner, load_vision_model
 
         self.method = method
         self.overrides = dict(overrides or {})

@@ -8,8 +8,8 @@ from pathlib import Path
 from oscar_eval.benchmarks.base import Benchmark, Item, ItemError
 from oscar_eval.errors import UserError
 
-__all__ = ["BENCHMARKS", "Benchmark", "Item", "ItemError", "get_benchmark", "list_benchmarks", "load_task_config",
-           "tasks_dir"]
+__all__ = ["BENCHMARKS", "Benchmark", "Item", "ItemError", "benchmark_key", "get_benchmark", "list_benchmarks",
+           "load_task_config", "tasks_dir"]
 
 # name -> (module, class, one-line description, status)
 BENCHMARKS: dict[str, tuple[str, str, str, str]] = {
@@ -48,10 +48,16 @@ def list_benchmarks() -> dict[str, tuple[str, str]]:
     return {name: (desc, status) for name, (_, _, desc, status) in BENCHMARKS.items()}
 
 
-def get_benchmark(name: str, **kwargs) -> Benchmark:
+def benchmark_key(name: str) -> str:
+    """The registry name of ``name`` (an alias such as ``longbench``); an unknown name is a UserError."""
     key = ALIASES.get(name, name)
     if key not in BENCHMARKS:
         raise UserError(f"unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)})")
+    return key
+
+
+def get_benchmark(name: str, **kwargs) -> Benchmark:
+    key = benchmark_key(name)
     module_name, cls_name, _, status = BENCHMARKS[key]
     if status != "available":
         raise UserError(f"benchmark {key!r} is not implemented yet")

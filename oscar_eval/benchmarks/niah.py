@@ -40,6 +40,7 @@ from typing import Any
 from oscar_eval.benchmarks import load_task_config
 from oscar_eval.benchmarks.base import Item, ItemError
 from oscar_eval.errors import UserError
+from oscar_eval.token_counts import parse_contexts
 
 SCORING = ("key-phrase containment: score 1 when the prediction contains every answer key phrase after "
            "lower-casing and turning each run of non-alphanumeric characters into one space (both "
@@ -52,27 +53,6 @@ def load_config(path: Path | None = None) -> dict:
 
 
 # -- pure helpers (tested directly) ------------------------------------------------------------------
-def parse_contexts(value: str | int | Sequence[str | int]) -> list[int]:
-    """``"1k,2k,42000"`` or ``[1000, "2k"]`` -> ``[1000, 2000, 42000]`` (k = 1000), duplicates dropped."""
-    parts = value.split(",") if isinstance(value, str) else [value] if isinstance(value, int) else list(value)
-    out: list[int] = []
-    for part in parts:
-        text = str(part).strip().lower()
-        if not text:
-            continue
-        m = re.fullmatch(r"(\d+(?:\.\d+)?)(k?)", text)
-        if not m:
-            raise UserError(f"--contexts: {str(part).strip()!r} is not a token count (e.g. 4000 or 4k)")
-        n = round(float(m.group(1)) * (1000 if m.group(2) else 1))
-        if n < 1:
-            raise UserError(f"--contexts: {str(part).strip()!r} must be positive")
-        if n not in out:
-            out.append(n)
-    if not out:
-        raise UserError("--contexts: no context length given")
-    return out
-
-
 def depth_percents(n: int) -> list[int]:
     """``n`` depths evenly spaced over 0..100 %, rounded to integers (gkamradt's linear spacing)."""
     import numpy as np
@@ -208,8 +188,8 @@ class NeedleInAHaystack:
     def smoke_configuration(cls) -> dict:
         smoke = load_config().get("smoke", {})
         return {
-            "description": (f"tiny random-weight Llama + built-in NIAH haystack fixture ({SMOKE_DATA}), "
-                            f"contexts {', '.join(map(str, smoke['contexts']))} tokens, {smoke['depths']} depths"),
+            # The grid (contexts, depths) is said by the run from the benchmark as built (overrides applied).
+            "description": f"tiny random-weight Llama + built-in NIAH haystack fixture ({SMOKE_DATA})",
             "data_dir": SMOKE_DATA,
             "max_input_len": int(smoke["max_input_len"]),
             "options": {"contexts": list(smoke["contexts"]), "depths": int(smoke["depths"]),

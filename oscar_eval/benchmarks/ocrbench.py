@@ -17,7 +17,7 @@ other error while reading it) becomes a failed item whose error names the file a
 continues.
 
 Prompt: the image then the question, nothing else (VLMEvalKit's ``ImageBaseDataset.build_prompt``);
-greedy, ``max_new_tokens`` 128. The model-specific image handling lives in :mod:`oscar_eval.vision`.
+greedy, ``max_new_tokens`` 128. The model-specific image handling lives in :mod:`oscar_eval.models.vision`.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ class OCRBench:
     @classmethod
     def smoke_configuration(cls) -> dict:
         """The built-in smoke run: a tiny random Qwen3-VL (built offline) + a small OCRBench.tsv fixture."""
-        from oscar_eval import vision
+        from oscar_eval.models import vision
 
         return {"description": ("tiny random-weight Qwen3-VL + built-in OCRBench fixture "
                                 f"({vision.SMOKE_OCRBENCH_DATA})"),

@@ -1,7 +1,7 @@
 """Perplexity through the KV cache (KIVI / KVQuant style): documents, per-document metrics, the summary.
 
 The measurement itself (prompt in full precision, continuation teacher-forced through the method's
-cache, a plain forward as the reference) is :mod:`oscar_eval.ppl_runner`; this module supplies the
+cache, a plain forward as the reference) is :mod:`oscar_eval.models.ppl`; this module supplies the
 documents and aggregates.
 
 Documents:
@@ -236,8 +236,8 @@ class Perplexity:
         cfg = load_config()
         smoke = cfg["smoke"]
         return {
-            "description": (f"tiny random-weight Llama + the built-in Python standard-library documents, "
-                            f"{smoke['prompt_tokens']} prompt + {smoke['scored_tokens']} scored tokens"),
+            # The token budgets are said by the run from the benchmark as built (overrides applied).
+            "description": "tiny random-weight Llama + the built-in Python standard-library documents",
             "data_dir": stdlib_dir(cfg["stdlib"]["modules"]),
             "options": {"stdlib": True, "prompt_tokens": int(smoke["prompt_tokens"]),
                         "scored_tokens": int(smoke["scored_tokens"])},
@@ -299,7 +299,7 @@ class Perplexity:
         return [d for p in self._files for d in read_documents(p, self._rel(p))]
 
     def items(self, subset: str, limit: int | None = None) -> Iterator[Item | ItemError]:
-        from oscar_eval.ppl_runner import document_ids
+        from oscar_eval.models.ppl import document_ids
 
         if self._tok is None:
             raise RuntimeError("Perplexity.use_tokenizer() first")

@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -47,6 +46,7 @@ from oscar_eval.benchmarks.base import Item, ItemError
 from oscar_eval.benchmarks.stdlib_text import PROSE_MODULES as STDLIB_MODULES
 from oscar_eval.errors import UserError
 from oscar_eval.scoring import ruler as scoring
+from oscar_eval.token_counts import parse_contexts
 
 SMOKE_DATA = Path(__file__).resolve().parents[1] / "data" / "ruler_smoke"
 STDLIB_HAYSTACK = "stdlib-docstrings"
@@ -57,25 +57,6 @@ SCORING = ("RULER string match (scripts/eval/synthetic/constants.py): case-insen
 
 def load_config(path: Path | None = None) -> dict:
     return load_task_config("ruler.yaml", path)
-
-
-def parse_contexts(value: str | int | Sequence[str | int]) -> list[int]:
-    """``"4k,8k,3000"`` -> ``[4096, 8192, 3000]``: RULER's lengths are powers of two, so k = 1024."""
-    parts = value.split(",") if isinstance(value, str) else [value] if isinstance(value, int) else list(value)
-    out: list[int] = []
-    for part in parts:
-        text = str(part).strip().lower()
-        if not text:
-            continue
-        m = re.fullmatch(r"(\d+)(k?)", text)
-        if not m or int(m.group(1)) < 1:
-            raise UserError(f"--contexts: {str(part).strip()!r} is not a positive token count (e.g. 4096 or 4k)")
-        n = int(m.group(1)) * (1024 if m.group(2) else 1)
-        if n not in out:
-            out.append(n)
-    if not out:
-        raise UserError("--contexts: no context length given")
-    return out
 
 
 # -- haystacks -----------------------------------------------------------------------------------
@@ -142,8 +123,8 @@ class Ruler:
     def smoke_configuration(cls) -> dict:
         smoke = load_config().get("smoke", {})
         return {
-            "description": (f"tiny random-weight Llama + RULER's synthetic tasks at "
-                            f"{', '.join(map(str, smoke['contexts']))} tokens, {smoke['num_samples']} sample(s) "
+            # Contexts and tasks are said by the run from the benchmark as built (overrides applied).
+            "description": (f"tiny random-weight Llama + RULER's synthetic tasks, {smoke['num_samples']} sample(s) "
                             f"per task, essay haystack from the fixture {SMOKE_DATA / smoke['haystack']}"),
             "data_dir": SMOKE_DATA,
             "max_input_len": int(smoke["max_input_len"]),

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from oscar_eval.errors import UserError
+from oscar_eval.paths import RESULTS_DEFAULT, results_root
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,8 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="the model, as `oscar-eval run --model` takes it")
     p.add_argument("--text", required=True, help="UTF-8 text file to calibrate on")
     p.add_argument("--out", help="calibration folder (default: $OSCAR_EVAL_CALIBRATION_DIR or <results>/calibration)")
-    p.add_argument("--results", default="results",
-                   help="results store whose calibration/ folder `oscar-eval run --results` reads (default: results)")
+    p.add_argument("--results", default=str(results_root()),
+                   help="results store whose calibration/ folder `oscar-eval run --results` reads "
+                        f"(default: {RESULTS_DEFAULT})")
     p.add_argument("--seq-len", type=int, default=2048, help="tokens per calibration chunk (default: 2048)")
     p.add_argument("--max-tokens", type=int, default=2048 * 64, help="calibration tokens in all (default: 131072)")
     p.add_argument("--set", action="append", dest="overrides", metavar="KEY=VALUE", default=[],

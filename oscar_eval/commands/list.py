@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import textwrap
+import types
+import typing
 
 # Decoder families the cache backend targets (DESIGN.md); the check is the model's config class.
 ARCHITECTURES = {
@@ -24,22 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     what = args.what
     if what in ("methods", "all"):
-        print("methods:")
-        try:
-            import oscar_core as oc
-
-            for name in oc.list_methods():
-                spec = oc.get_method(name)
-                desc = getattr(spec, "description", "") or ""
-                print(f"  {name:<14} {desc}".rstrip())
-        except ImportError as exc:
-            print(f"  (oscar_core not importable: {exc})")
+        print_methods()
     if what in ("benchmarks", "all"):
-        from oscar_eval.benchmarks import list_benchmarks
-
-        print("benchmarks:")
-        for name, (desc, status) in list_benchmarks().items():
-            print(f"  {name:<14} {desc}" + ("" if status == "available" else f"  [{status}]"))
+        print_benchmarks()
     if what in ("architectures", "all"):
         print("architectures:")
         for arch, desc in ARCHITECTURES.items():
@@ -47,6 +38,108 @@ def main(args: argparse.Namespace) -> int:
     if what in ("models", "all"):
         print_models()
     return 0
+
+
+_INDENT = " " * 17
+
+
+def _wrapped(text: str, units: list[str] | None = None) -> None:
+    """``text`` wrapped under the name column; ``units`` (e.g. ``bits: int = 2``) are never split."""
+    if units is None:
+        print(textwrap.fill(text, width=110, initial_indent=_INDENT, subsequent_indent=_INDENT + "  "))
+        return
+    line = _INDENT
+    for i, unit in enumerate(units):
+        piece = unit + ("," if i < len(units) - 1 else "")
+        if line.strip() and len(line) + 1 + len(piece) > 110:
+            print(line)
+            line = _INDENT + "  "
+        line += ("" if not line.strip() else " ") + piece
+    print(line)
+
+
+def type_name(hint: typing.Any) -> str:
+    """``int``, ``int | None``, ``'block' | 'token'``: a dataclass field's annotation as `--set` reads it."""
+    if typing.get_origin(hint) is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " | ".join(type_name(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "None"
+    return getattr(hint, "__name__", str(hint))
+
+
+def method_parameters(name: str) -> list[tuple[str, str, typing.Any]]:
+    """(parameter, type, default) of a registered method, from its spec dataclass (what --set accepts)."""
+    import oscar_core as oc
+
+    spec = oc.get_method(name)
+    hints = typing.get_type_hints(type(spec))
+    return [(f.name, type_name(hints.get(f.name, typing.Any)), getattr(spec, f.name))
+            for f in dataclasses.fields(spec)]
+
+
+def print_methods() -> None:
+    print("methods (--method NAME; parameters: --set PARAM=VALUE for every method of the run, "
+          "--set METHOD.PARAM=VALUE for one; VALUE as YAML: true, 3, 0.9, text):")
+    try:
+        import oscar_core as oc
+    except ImportError as exc:
+        print(f"  (oscar_core not importable: {exc})")
+        return
+    for name in oc.list_methods():
+        desc = getattr(oc.get_method(name), "description", "") or ""
+        print(f"  {name:<14} {desc}".rstrip())
+        _wrapped("", [f"{p}: {t} = {d!r}" for p, t, d in method_parameters(name)])
+
+
+def benchmark_selection(name: str) -> list[str]:
+    """What a benchmark's run chooses among, from its task config and modules (no data needed)."""
+    from oscar_eval.benchmarks import load_task_config
+
+    if name == "longbench_e":
+        return [f"subsets (--subsets; default all): {', '.join(load_task_config('longbench_e.yaml')['subsets'])}"]
+    if name == "ocrbench":
+        from oscar_eval.scoring import ocrbench as ocr
+
+        return [f"subsets (--subsets; default all): {', '.join(ocr.CATEGORIES)}",
+                f"or a group: {', '.join(ocr.GROUPS)}"]
+    if name == "mmau_pro":
+        from oscar_eval.benchmarks.mmau_pro import DEFAULT_GROUPS, GROUPS
+
+        return [f"subsets (--subsets): {', '.join(GROUPS)} (default: {', '.join(DEFAULT_GROUPS)})"]
+    if name == "niah":
+        cfg = load_task_config("niah.yaml")
+        return [f"contexts (--contexts or --subsets, tokens, 1k = 1024; default): "
+                f"{', '.join(map(str, cfg['contexts']))}", f"depths (--depths N; default): {cfg['depths']}"]
+    if name == "ruler":
+        cfg = load_task_config("ruler.yaml")
+        qa = [t for t, c in cfg["tasks"].items() if c["family"] == "qa"]
+        return [f"tasks (--tasks or --subsets; default all but {', '.join(qa)}): {', '.join(cfg['tasks'])}",
+                f"contexts (--contexts, tokens, 1k = 1024; default): {', '.join(map(str, cfg['contexts']))}"]
+    if name == "ppl":
+        cfg = load_task_config("ppl.yaml")
+        return ["documents (--text FILE...; default: the Python standard library's docstrings)",
+                f"tokens per document (default): --prompt-tokens {cfg['prompt_tokens']}, "
+                f"--scored-tokens {cfg['scored_tokens']}"]
+    return []
+
+
+def print_benchmarks() -> None:
+    from oscar_eval.benchmarks import ALIASES, list_benchmarks
+    from oscar_eval.commands.run import BENCHMARK_OPTIONS
+
+    print("benchmarks (oscar-eval run NAME; --set is for method parameters only, a benchmark takes the "
+          "options shown):")
+    for name, (desc, status) in list_benchmarks().items():
+        aliases = [a for a, k in ALIASES.items() if k == name]
+        print(f"  {name:<14} {desc}" + (f" (also: {', '.join(aliases)})" if aliases else "")
+              + ("" if status == "available" else f"  [{status}]"))
+        for line in benchmark_selection(name):
+            _wrapped(line)
+        options = sorted(BENCHMARK_OPTIONS.get(name, ())) + (["judge_model", "judge_cache"] if name == "mmau_pro" else [])
+        if options:
+            _wrapped("options: " + ", ".join("--" + o.replace("_", "-") for o in options))
 
 
 def print_models() -> None:

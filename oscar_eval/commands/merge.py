@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from oscar_eval.errors import UserError
+from oscar_eval.paths import RESULTS_DEFAULT, results_root
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Exit status 1 when a run has missing or incomplete shards (they are named).")
     p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="run folders under <results>/runs (default: all "
                                                                 "sharded runs)")
-    p.add_argument("--results", default="results", help="results store folder (default: results)")
+    p.add_argument("--results", default=str(results_root()), help=f"results store folder (default: {RESULTS_DEFAULT})")
     p.set_defaults(func=main)
 
 

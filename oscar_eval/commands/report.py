@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from oscar_eval.errors import UserError
+from oscar_eval.paths import REPORT_DEFAULT, RESULTS_DEFAULT, report_dir, results_root
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,8 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="render HTML + Markdown reports (paper tables side by side, plots, provenance)",
         description="Render index.html (self-contained) and report.md (+ fig-*.png) from a results store.",
     )
-    p.add_argument("--results", default="results", metavar="DIR", help="results store (default: results)")
-    p.add_argument("--out", default="reports/latest", metavar="DIR", help="output folder (default: reports/latest)")
+    p.add_argument("--results", default=str(results_root()), metavar="DIR",
+                   help=f"results store (default: {RESULTS_DEFAULT}; the committed one: --results results)")
+    p.add_argument("--out", default=str(report_dir()), metavar="DIR",
+                   help=f"output folder (default: {REPORT_DEFAULT}; the committed report: --out reports/latest)")
     p.add_argument("--title", default=None, help="report title (default: a generic one)")
     p.add_argument("--include-smoke", action="store_true",
                    help="also show runs of the built-in smoke configuration (tiny random model)")

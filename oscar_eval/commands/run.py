@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 
 from oscar_eval.errors import UserError
+from oscar_eval.paths import RESULTS_DEFAULT, results_root
 
 # Benchmark-specific options of `run`, by the benchmark that accepts them (passed as benchmark_options).
 BENCHMARK_OPTIONS: dict[str, set[str]] = {
@@ -33,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="folder with the benchmark files (LongBench: <subset>.jsonl or parquet)")
     p.add_argument("--max-input-len", type=int, metavar="N",
                    help="prompt tokens kept (middle truncation); default 32768")
-    p.add_argument("--results", default="results", help="results store folder (default: results)")
+    p.add_argument("--results", default=str(results_root()),
+                   help=f"results store folder (default: {RESULTS_DEFAULT}; the checkout's own: --results results)")
     p.add_argument("--resume", action="store_true",
                    help="continue the same run: skip items recorded ok, run the rest (failed ones again)")
     p.add_argument("--retry-failed", action="store_true",
@@ -46,14 +49,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="spread a model too large for one GPU over the visible GPUs: auto, balanced, "
                         "balanced_low_0 or sequential (transformers' device_map)")
     p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16, float32 (default: auto)")
+    p.add_argument("--batch-size", type=int, default=1, metavar="N",
+                   help="generate N items at once (text benchmarks; left padding, items grouped by prompt "
+                        "length; greedy tokens as at batch 1; default: 1)")
     p.add_argument("--chat-template", action="store_true",
                    help="wrap prompts in the tokenizer's chat template (Qwen3: thinking off)")
     p.add_argument("--model-label", help="short model name used in run ids and reports")
     p.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--output", choices=["text", "json"], default="text",
+                   help="text: tables (several methods: one side-by-side table, with the difference to fp16 "
+                        "when it is among them); json: that comparison and every method's summary as one "
+                        "JSON object on stdout, nothing else there (default: text). Each run folder also "
+                        "has its summary.json")
     p.add_argument("--contexts", metavar="LIST",
-                   help="niah, ruler: context lengths in tokens, comma-separated (niah: 1k = 1000; ruler: "
-                        "1k = 1024, RULER's powers of two, 4k = 4096; default: tasks/<benchmark>.yaml)")
+                   help="niah, ruler: context lengths in tokens, comma-separated; 1k = 1024 tokens in every "
+                        "command (RULER's 4k = 4096; NIAH's 42K is 42000) (default: tasks/<benchmark>.yaml)")
     p.add_argument("--depths", type=int, metavar="N",
                    help="niah: N needle depths evenly spaced from 0%% to 100%% (default: 15)")
     p.add_argument("--haystack", metavar="FILE",
@@ -87,6 +98,9 @@ def main(args: argparse.Namespace) -> int:
     from oscar_eval.api import parse_overrides, run_benchmark
 
     signal.signal(signal.SIGTERM, _sigterm_to_interrupt)  # records are fsync'ed; stop cleanly
+    from oscar_eval.benchmarks import benchmark_key
+
+    benchmark_key(args.benchmark)  # an unknown benchmark first, before its options are judged
     bench_options = {k: v for k in sorted(set().union(*BENCHMARK_OPTIONS.values()))
                      if (v := getattr(args, k, None)) is not None}
     from oscar_eval.benchmarks import ALIASES
@@ -106,16 +120,23 @@ def main(args: argparse.Namespace) -> int:
         raise UserError("--judge-model/--judge-cache: only for the mmau_pro benchmark")
     from oscar_eval.commands import calibration_dir_of
 
-    with calibration_dir_of(args.results):  # rotatekv finds its calibration next to the results
+    as_json = args.output == "json"
+    # --output json: stdout carries the JSON alone, so anything else printed during the run goes to stderr.
+    with calibration_dir_of(args.results), contextlib.redirect_stdout(sys.stderr if as_json else sys.stdout):
         summaries = run_benchmark(
             args.benchmark, model=args.model, methods=args.methods or ["oscar"], subsets=args.subsets,
             limit=args.limit, data_dir=args.data_dir, max_input_len=args.max_input_len, results=args.results,
             resume=args.resume, overwrite=args.overwrite, retry_failed=args.retry_failed,
-            device=args.device, dtype=args.dtype, device_map=args.device_map,
+            device=args.device, dtype=args.dtype, device_map=args.device_map, batch_size=args.batch_size,
             chat_template=args.chat_template, model_label=args.model_label,
             overrides=parse_overrides(args.overrides), seed=args.seed, progress=not args.no_progress,
-            benchmark_options=bench_options)
-    print_summaries(summaries)
+            benchmark_options=bench_options, on_result=print_result_line)
+    if as_json:
+        print_json(summaries)
+    elif len(summaries) > 1:
+        print_comparison(summaries)
+    else:
+        print_summaries(summaries)
     failed = sum(int(s.get("n_failed") or 0) for s in summaries)
     if failed:  # the numbers are real but incomplete: a script must notice
         print(f"oscar-eval: {failed} item(s) failed (see records.jsonl; --retry-failed runs them again)",
@@ -126,6 +147,70 @@ def main(args: argparse.Namespace) -> int:
 
 def _fmt(v) -> str:
     return "-" if v is None else f"{v:.2f}"
+
+
+def print_result_line(summary: dict) -> None:
+    """As each method finishes (stderr, so that stdout keeps the final table or the JSON)."""
+    from oscar_eval.comparison import headline, summary_file
+
+    bpe = summary.get("bits_per_element")
+    print(f"{summary.get('method')}: {headline(summary)}" + (f" ({bpe:.2f} bits/elem)" if bpe else "")
+          + f"; {summary.get('n_items')} items, {summary.get('n_failed', 0)} failed -> "
+          + (summary_file(summary) or str(summary.get("run_dir"))), file=sys.stderr, flush=True)
+
+
+def print_json(summaries: list[dict]) -> None:
+    """``--output json``: the side-by-side comparison and every method's full summary (docs/results.md)."""
+    import json
+
+    from oscar_eval.comparison import compare
+
+    json.dump({**compare(summaries), "summaries": summaries}, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+
+
+def print_comparison(summaries: list[dict]) -> None:
+    """Several methods: ONE table, the benchmark's summary rows x the methods, then each method's
+    difference to fp16 (where fp16 ran) in the columns on the right."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from oscar_eval.comparison import compare
+
+    c = compare(summaries)
+    methods, ref = c["methods"], c["reference"]
+    others = [m for m in methods if m != ref] if ref else []
+    spec = ".4g" if c["benchmark"] == "ppl" else ".2f"
+
+    def f(v) -> str:
+        return "-" if v is None else format(v, spec)
+
+    def signed(v) -> str:
+        return "-" if v is None else format(v, "+" + spec)
+
+    console = Console(file=sys.stdout, soft_wrap=True)
+    table = Table(title=f"{c['benchmark']} | {c['model_label']} | {', '.join(methods)}"
+                        + (" | SMOKE" if c.get("configuration") == "smoke" else ""))
+    table.add_column(c["row_header"])
+    for m in methods:
+        table.add_column(m, justify="right")
+    for m in others:
+        table.add_column(f"{m} - {ref}", justify="right", style="italic")
+    bpe = c["bits_per_element"]
+    table.add_row("bits/elem", *(_fmt(bpe[m]) for m in methods), *("" for _ in others))
+    for row in c["rows"]:
+        delta = row.get("delta_vs_fp16") or {}
+        table.add_row(row["row"], *(f(row["values"][m]) for m in methods), *(signed(delta.get(m)) for m in others),
+                      style="bold" if row["row"] == "Average" else None)
+    runs = {r["method"]: r for r in c["runs"]}
+    table.add_row("items (failed)", *(f"{runs[m]['n_items'] or 0} ({runs[m]['n_failed'] or 0})" for m in methods),
+                  *("" for _ in others))
+    console.print(table)
+    if c["benchmark"] == "ppl":
+        console.print("PPL = exp(token-weighted mean NLL, nats); KL(fp16 || method) and top-1 agreement against "
+                      "a plain full-precision forward; 'KL cached' leaves out the first token")
+    for m in methods:
+        console.print(f"{m}: {runs[m]['summary'] or runs[m]['run_dir']}")
 
 
 def print_summaries(summaries: list[dict]) -> None:

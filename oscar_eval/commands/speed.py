@@ -5,27 +5,26 @@ from __future__ import annotations
 import argparse
 
 from oscar_eval.errors import UserError
+from oscar_eval.paths import RESULTS_DEFAULT, results_root
 from oscar_eval.speed import plan as pl
 
 LEVELS = ("kernel", "e2e")
 
 
 def _ints(text: str) -> tuple[int, ...]:
+    from oscar_eval.token_counts import parse_token_count  # the one meaning of k (1024) in every command
+
     out = []
     for part in text.split(","):
-        part = part.strip().lower()
+        part = part.strip()
         if not part:
             continue
-        mult = 1
-        if part.endswith("k"):
-            part, mult = part[:-1], 1024
+        if part.lstrip("+-").isdigit() and int(part) <= 0:
+            raise UserError(f"values must be positive, got {int(part)} in {text!r}")
         try:
-            value = int(part) * mult
-        except ValueError:
-            raise UserError(f"not a list of integers: {text!r} (e.g. 1k,4k,32k or 1,8,48)") from None
-        if value <= 0:
-            raise UserError(f"values must be positive, got {value} in {text!r}")
-        out.append(value)
+            out.append(parse_token_count(part))
+        except UserError:
+            raise UserError(f"not a list of integers: {text!r} (e.g. 1k,4k,32k or 1,8,48; 1k = 1024)") from None
     if not out:
         raise UserError(f"empty list: {text!r}")
     return tuple(out)
@@ -69,7 +68,7 @@ def register(subparsers) -> None:
     p.add_argument("--budget-context", default="4096", help="context for --memory-budget-gb")
     p.add_argument("--cache-kernels", default=None, choices=["auto", "on", "off", "fallback"],
                    help="make_cache(kernels=...) for the oscar-cache arm (default: make_cache's own default)")
-    p.add_argument("--results", default="results", help="results store folder")
+    p.add_argument("--results", default=str(results_root()), help=f"results store folder (default: {RESULTS_DEFAULT})")
     p.add_argument("--name", default=None, help="results name: <results>/speed/<name>.json")
     p.add_argument("--target-ms", type=float, default=100.0, help="timed milliseconds per point (>= 20 reps)")
     p.add_argument("--min-reps", type=int, default=20)

@@ -1,15 +1,18 @@
-"""Assemble the report model from a loaded store: sections in the paper's order, then efficiency,
-failed items, provenance and problems."""
+"""Assemble the report model from a loaded store: sections in the paper's order, real checkpoints,
+efficiency, smoke / partial runs, failed items, provenance and problems."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from oscar_eval.report import plots
-from oscar_eval.report.efficiency import paper_comparison, rows_table, speed_rows
+from oscar_eval.report import figures, kernels, speed_plots
+from oscar_eval.report.efficiency import rows_table, speed_rows
+from oscar_eval.report.headline import headline_table
+from oscar_eval.report.labels import RANDOM_WEIGHTS, all_labels, is_real, is_smoke
 from oscar_eval.report.model import Report, Section, TextTable, slug
 from oscar_eval.report.paper import load_paper, method_sort_key
+from oscar_eval.report.real import real_section
 from oscar_eval.report.store import Run, Store, text
 from oscar_eval.report.tables import (
     OCR_GROUPS,
@@ -35,6 +38,8 @@ def assign_refs(store: Store) -> dict[str, str]:
                                              r.model_label.lower(), method_sort_key(r.method), r.created, r.run_id))
     refs = {r.run_id: f"R{i}" for i, r in enumerate(runs, 1)}
     refs |= {f.name: f"S{i}" for i, f in enumerate(store.speed, 1)}
+    kernel_files = sorted(store.kernels, key=lambda f: (f.date, f.name))
+    refs |= {f"kernels/{f.name}": f"K{i}" for i, f in enumerate(kernel_files, 1)}
     return refs
 
 
@@ -52,9 +57,9 @@ def _get(d: Any, *path: str) -> str:
     return "—" if d in (None, "") else text(d)
 
 
-def benchmark_section(store: Store, refs: dict[str, str], benchmark: str, protocol: str,
+def benchmark_section(runs: list[Run], refs: dict[str, str], benchmark: str, protocol: str,
                       aliases: dict[str, str] | None, section_id: str, title: str) -> Section:
-    sel = select(store.runs, benchmark, protocol, aliases)
+    sel = select(runs, benchmark, protocol, aliases)
     spec = load_paper()["tables"].get(benchmark)
     section = Section(section_id, title)
     if protocol == "paper" and spec:
@@ -71,9 +76,9 @@ def benchmark_section(store: Store, refs: dict[str, str], benchmark: str, protoc
             f"Headline score per model ({protocol} protocol)")
         section.blocks.append(main_table(sel, refs, slug(section_id, "main"), caption))
     if benchmark in ("longbench_e", "ocrbench") and protocol == "paper":
-        section.blocks.append(plots.pareto(sel if sel.cells else None, benchmark))
+        section.blocks.append(figures.pareto(sel if sel.cells else None, benchmark))
     if benchmark == "niah":
-        section.blocks.append(plots.niah_heatmaps(sel))
+        section.blocks.append(figures.niah_heatmaps(sel))
     details = (longbench_details(sel, refs) if benchmark == "longbench_e"
                else columns_details(sel, refs, OCR_GROUPS, 0, slug(section_id, "cols")) if benchmark == "ocrbench"
                else columns_details(sel, refs, [], 1, slug(section_id, "cols")) if benchmark != "mmau_pro" else [])
@@ -86,23 +91,42 @@ def benchmark_section(store: Store, refs: dict[str, str], benchmark: str, protoc
 def efficiency_section(store: Store, refs: dict[str, str], problems: list[str]) -> Section:
     skipped: list[list[str]] = []
     rows = speed_rows(store.speed, refs, problems, skipped)
+    kernel_rows = speed_plots.kernel_rows(store.kernels, refs)
     section = Section("efficiency", "Efficiency: latency, throughput, memory")
-    eff = load_paper()["efficiency"]
-    section.intro.append(f"The paper: {eff['model']} on an {eff['gpu']}, baseline {eff['baseline']}. Ours: the rows "
-                         "of speed/*.json; a baseline is any impl not named after a quantization method.")
-    comparison, absolute = paper_comparison(rows)
-    section.blocks += [comparison]
-    if absolute.rows:
-        section.blocks.append(absolute)
-    section.blocks += [plots.latency_vs_context(rows), plots.throughput_vs_batch(rows), plots.memory(rows)]
-    if rows:
-        section.blocks.append(rows_table(rows))
-    if skipped:
-        section.blocks.append(TextTable("speed-skipped", "Points not measured (as recorded by the profiler)",
-                                        ["level", "arch", "impl", "batch", "context", "reason", "source"], skipped))
+    section.intro.append("The paper makes three efficiency claims; the first table sets ours beside each, against "
+                         "the paper's style of baseline and against the strongest BF16 baseline we measured.")
+    section.blocks.append(headline_table(rows))
     if not rows:
         section.intro.append("No speed results (results/speed/*.json) yet.")
+    section.blocks += [speed_plots.latency_vs_context(rows, kernel_rows),
+                       speed_plots.throughput_vs_batch(rows, kernel_rows), speed_plots.memory_vs_context(rows)]
+    # Pack timings are not shown: the JSON files hold superseded pack kernels (their notes say so).
+    if decode := kernels.decode_table(store.kernels, refs):
+        section.subsections.append(Section("eff-kernels", "Kernel-level figures (results/kernels/)", blocks=[decode]))
+    details = []
+    if rows:
+        details.append(rows_table(rows))
+    if skipped:
+        details.append(TextTable("speed-skipped", f"Points not measured, as recorded by the profiler ({len(skipped)})",
+                                 ["level", "arch", "impl", "batch", "context", "reason", "source"], skipped,
+                                 ref_column=6, folded=True))
+    if details:
+        section.subsections.append(Section("eff-all", "Every speed measurement (speed/*.json)", blocks=details))
     return section
+
+
+def smoke_section(store: Store, refs: dict[str, str]) -> Section | None:
+    """Runs of the built-in smoke configuration: they check the pipeline, they measure nothing."""
+    runs = sorted((r for r in store.runs if is_smoke(r)), key=lambda r: int(refs[r.run_id][1:]))
+    if not runs:
+        return None
+    rows = [[refs[r.run_id], RANDOM_WEIGHTS, r.benchmark, r.model_label, r.method, all_labels(r)] for r in runs]
+    table = TextTable("smoke-runs", "Smoke runs (random weights: not results)",
+                      ["run", "weights", "benchmark", "model", "method", "labels"], rows, ref_column=0)
+    shown = "also fill the tables above, labelled" if store.include_smoke else "are in no table (--include-smoke shows them)"
+    return Section("smoke", "Smoke runs", intro=[f"The smoke configuration (tiny random model) runs a benchmark "
+                                                 f"end to end on fixture data; its numbers {shown}."],
+                   blocks=[table])
 
 
 def failures_section(store: Store, refs: dict[str, str]) -> Section | None:
@@ -121,9 +145,9 @@ def partial_section(store: Store, refs: dict[str, str]) -> Section | None:
     runs = sorted((r for r in store.runs if r.partial), key=lambda r: int(refs[r.run_id][1:]))
     if not runs:
         return None
-    rows = [[refs[r.run_id], r.benchmark, r.model_label, r.method, r.coverage_text] for r in runs]
+    rows = [[refs[r.run_id], r.benchmark, r.model_label, r.method, r.coverage_text, all_labels(r)] for r in runs]
     table = TextTable("partial-runs", "Partial runs (not in any table)",
-                      ["run", "benchmark", "model", "method", "coverage"], rows)
+                      ["run", "benchmark", "model", "method", "coverage", "labels"], rows, ref_column=0)
     return Section("partial", "Partial runs", intro=["These runs did not cover their whole data set (a --limit, "
                                                      "or subsets left out); their numbers are not shown."],
                    blocks=[table])
@@ -147,10 +171,10 @@ def provenance_section(store: Store, refs: dict[str, str], superseded: list[tupl
         rows.append([refs[r.run_id], r.run_id, r.benchmark, r.protocol, model, r.method,
                      _compact(method.get("params")), "—" if r.bits is None else f"{r.bits:.2f}",
                      _compact(m.get("settings")), files, versions, _get(env, "gpu"), _get(env, "platform"),
-                     r.created or "—", items])
+                     r.created or "—", items, all_labels(r)])
         anchors.append(slug("prov", refs[r.run_id]))
     headers = ["ref", "run id", "benchmark", "protocol", "model (path, revision, dtype)", "method", "parameters",
-               "bits/elt", "settings", "data files (sha256)", "versions", "GPU", "platform", "created", "items"]
+               "bits/elt", "settings", "data files (sha256)", "versions", "GPU", "platform", "created", "items", "labels"]
     section = Section("provenance", "Provenance")
     section.intro.append("Every number in the tables links (HTML) or refers (Markdown, \"(R3)\") to one row here.")
     section.blocks.append(TextTable("prov-runs", "Accuracy runs (runs/<run_id>/)", headers, rows, anchors))
@@ -173,17 +197,22 @@ def provenance_section(store: Store, refs: dict[str, str], superseded: list[tupl
         section.blocks.append(TextTable("prov-speed", "Speed runs (speed/*.json)",
                                         ["ref", "file", "GPU", "driver", "clocks (MHz)", "versions",
                                          "peak GB/s", "rows", "note"], speed_rows_, speed_anchors))
+    if kernel_prov := kernels.provenance_table(store.kernels, refs):
+        section.blocks.append(kernel_prov)
     return section
 
 
 def build(store: Store, title: str, generated: str, aliases: dict[str, str] | None = None) -> Report:
     refs = assign_refs(store)
     problems = list(store.problems)
+    shown = [r for r in store.runs if store.include_smoke or not is_smoke(r)]
     sections, superseded = [], []
     for benchmark, (sid, stitle) in PAPER_SECTIONS.items():
-        sections.append(benchmark_section(store, refs, benchmark, "paper", aliases, sid, stitle))
-        superseded += select(store.runs, benchmark, "paper", aliases).superseded
-    others = sorted({(r.benchmark, r.protocol) for r in store.runs} - {(b, "paper") for b in PAPER_SECTIONS},
+        sections.append(benchmark_section(shown, refs, benchmark, "paper", aliases, sid, stitle))
+        superseded += select(shown, benchmark, "paper", aliases).superseded
+    # Real-checkpoint runs of benchmarks outside the paper have their own section (real.py).
+    others_runs = [r for r in shown if not is_real(r)]
+    others = sorted({(r.benchmark, r.protocol) for r in others_runs} - {(b, "paper") for b in PAPER_SECTIONS},
                     key=lambda bp: (bp[1] != "paper", bp[1], benchmark_key(bp[0])))
     for benchmark, protocol in others:
         sid = slug(benchmark, protocol)
@@ -191,12 +220,16 @@ def build(store: Store, title: str, generated: str, aliases: dict[str, str] | No
             stitle = f"{benchmark} (not in the paper)"
         else:
             stitle = f"{benchmark} under the {protocol} protocol (not comparable with the paper's numbers)"
-        sections.append(benchmark_section(store, refs, benchmark, protocol, aliases, sid, stitle))
-        superseded += select(store.runs, benchmark, protocol, aliases).superseded
+        sections.append(benchmark_section(others_runs, refs, benchmark, protocol, aliases, sid, stitle))
+        superseded += select(others_runs, benchmark, protocol, aliases).superseded
+    if real := real_section(shown, refs):
+        sections.append(real)
     sections.append(efficiency_section(store, refs, problems))
-    if partial := partial_section(store, refs):
-        sections.append(partial)
-    if failed := failures_section(store, refs):
-        sections.append(failed)
+    extra = [figures.tni_heatmaps(store.root, problems)]
+    if extra[0].png is not None:
+        sections.append(Section("tni", "Token norm imbalance", blocks=extra))
+    for optional in (smoke_section(store, refs), partial_section(store, refs), failures_section(store, refs)):
+        if optional:
+            sections.append(optional)
     sections.append(provenance_section(store, refs, superseded))
     return Report(title, generated, str(store.root), sections, problems)

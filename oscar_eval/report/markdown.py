@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 
 from oscar_eval.report import fmt
@@ -26,7 +27,8 @@ def _ours(cell, decimals: int, with_ref: bool = True) -> str:
     out = fmt.value(cell.ours, decimals)
     if with_ref and cell.ours is not None and cell.ref:
         out += f" ({escape(cell.ref)})"
-    return out + (" †" if cell.flag else "")
+    out += " †" if cell.flag else ""
+    return out + "".join(f" \\[{escape(label)}\\]" for label in cell.labels)
 
 
 def table(t: Table) -> list[str]:
@@ -44,26 +46,30 @@ def table(t: Table) -> list[str]:
         cells = [escape(r.label)]
         if t.show_bits:
             cells += ([escape(r.bits_paper or fmt.MISSING)] if t.compare else []) + [escape(r.bits_ours or fmt.MISSING)]
-        for c in r.cells:
-            cells.append(_ours(c, t.decimals, with_ref=not t.groups))
+        for i, c in enumerate(r.cells):
+            dec = t.decimals_at(i)
+            cells.append(_ours(c, dec, with_ref=not t.groups))
             if t.compare:
-                cells += [fmt.value(c.paper, t.decimals), fmt.diff(c.diff, t.decimals)]
+                cells += [fmt.value(c.paper, dec), fmt.diff(c.diff, dec)]
         lines.append(_row(cells))
     notes = list(t.notes)
     notes += [f"† {n}" for n in t.flag_notes]
-    return lines + [""] + [f"*{escape(n)}*" for n in notes] + ([""] if notes else [])
+    return lines + ["", f"[CSV]({t.csv_name})", ""] + [f"*{escape(n)}*" for n in notes] + ([""] if notes else [])
 
 
 def text_table(t: TextTable) -> list[str]:
     lines = [f"**{escape(t.title)}**", "", _row([escape(h) for h in t.headers]), _row(["---"] * len(t.headers))]
     lines += [_row([escape(c) for c in row]) for row in t.rows]
-    return lines + [""] + [f"*{escape(n)}*" for n in t.notes] + ([""] if t.notes else [])
+    lines += ["", f"[CSV]({t.csv_name})", ""] + [f"*{escape(n)}*" for n in t.notes] + ([""] if t.notes else [])
+    if t.folded:  # GitHub renders a Markdown table inside <details> when blank lines surround it
+        return [f"<details><summary>{html.escape(t.title)}</summary>", ""] + lines + ["</details>", ""]
+    return lines
 
 
 def figure(f: Figure) -> list[str]:
     if f.png is None:
         return [f"*{escape(f.title)}: {escape(f.note)}*", ""]
-    return [f"![{escape(f.title)}]({f.filename})", ""]
+    return [f"![{escape(f.title)}]({f.filename}) ([SVG]({f.svg_name}))", ""]
 
 
 def section(s: Section, level: int = 2) -> list[str]:

@@ -15,6 +15,7 @@ class Cell:
     paper: float | None = None
     ref: str | None = None  # provenance reference ("R3", "S1") of the run the number comes from
     flag: str | None = None  # e.g. "2 failed items": the number is real but comes with a caveat
+    labels: list[str] = field(default_factory=list)  # e.g. "random weights": shown beside the number
 
     @property
     def diff(self) -> float | None:
@@ -43,6 +44,14 @@ class Table:
     notes: list[str] = field(default_factory=list)
     # Optional header row above ``columns``: (label, number of columns it spans, provenance ref).
     groups: list[tuple[str, int, str | None]] = field(default_factory=list)
+    col_decimals: list[int] = field(default_factory=list)  # per column, where columns mix units
+
+    def decimals_at(self, i: int) -> int:
+        return self.col_decimals[i] if i < len(self.col_decimals) else self.decimals
+
+    @property
+    def csv_name(self) -> str:
+        return f"table-{self.id}.csv"
 
     @property
     def flag_notes(self) -> list[str]:
@@ -61,6 +70,13 @@ class TextTable:
     rows: list[list[str]]
     anchors: list[str | None] = field(default_factory=list)  # per-row HTML id, e.g. "prov-R3"
     notes: list[str] = field(default_factory=list)
+    ref_column: int | None = None  # a column of provenance references ("S3"): linked in HTML
+    folded: bool = False  # long tables (every measurement): collapsed under their title in HTML
+    wrap: bool = False  # few rows of long text (the headline): fit the page width, cells wrap
+
+    @property
+    def csv_name(self) -> str:
+        return f"table-{self.id}.csv"
 
 
 @dataclass
@@ -70,6 +86,11 @@ class Figure:
     filename: str
     png: bytes | None  # None: no data, ``note`` says why and the figure is omitted
     note: str = ""
+    svg: bytes | None = None  # the same figure as SVG, written next to the PNG
+
+    @property
+    def svg_name(self) -> str:
+        return self.filename.removesuffix(".png") + ".svg"
 
 
 @dataclass

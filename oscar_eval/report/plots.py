@@ -1,51 +1,69 @@
 """The report's figures, drawn with matplotlib's Agg canvas (no pyplot: no global state, no display).
 
-Each function returns a ``Figure`` model; with no data it returns one with ``png=None`` and a note,
-and the report shows the note instead of an empty plot.
+Each function returns a ``Figure`` model holding a PNG and the same figure as SVG; with no data it
+returns one with ``png=None`` and a note, and the report shows the note instead of an empty plot.
+Readability rules (issue 17): at most five series per axes, each with its own colour *and* marker,
+legends outside the data, units on the axes; speed lines never join points of different runs
+(speed_plots.py).
 """
 
 from __future__ import annotations
 
 import io
 import math
-from collections import defaultdict
 from collections.abc import Callable
 
 import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.backends.backend_svg import FigureCanvasSVG
 from matplotlib.figure import Figure as MplFigure
-from matplotlib.ticker import FuncFormatter, NullLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
+from matplotlib.transforms import Bbox
 from PIL import Image
 
-from oscar_eval.report.efficiency import SpeedRow
 from oscar_eval.report.model import Figure
-from oscar_eval.report.paper import method_label, paper_value
+from oscar_eval.report.paper import method_label
 from oscar_eval.report.store import num
-from oscar_eval.report.tables import Selection, headline
 
-RC = {"text.usetex": False, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3, "figure.dpi": 100}
+RC = {"text.usetex": False, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3, "figure.dpi": 100,
+      "svg.fonttype": "none", "svg.hashsalt": "oscar-eval"}  # SVG text stays text; stable ids
+MAX_PANELS = 4
 
 
-def _safe(label: object) -> str:
+def safe(label: object) -> str:
     """Labels come from result files: a "$" must not start mathtext (a parse error would crash)."""
     return str(label).replace("$", r"\$")
 
 
-def _tokens(x: float, _pos: object = None) -> str:
+def tokens(x: float, _pos: object = None) -> str:
     """4096 -> "4K", 131072 -> "128K", 48 -> "48"."""
     return f"{x / 1024:g}K" if x >= 1024 and x % 1024 == 0 else f"{x:g}"
 
 
-def _log2_ticks(ax, values: set[float]) -> None:
+def log2_ticks(ax, values: set[float]) -> None:
     """Ticks at the data's own x values, thinned so that labels never overlap."""
     kept: list[float] = []
     for v in sorted(v for v in values if v > 0):
-        if not kept or math.log2(v / kept[-1]) >= 0.25:
+        if not kept or math.log2(v / kept[-1]) >= 0.9:
             kept.append(v)
     ax.set_xscale("log", base=2)
     ax.set_xticks(kept)
-    ax.xaxis.set_major_formatter(FuncFormatter(_tokens))
+    ax.xaxis.set_major_formatter(FuncFormatter(tokens))
     ax.xaxis.set_minor_locator(NullLocator())
+
+
+def plain_log_y(ax) -> None:
+    """A log y axis labelled 10, 20, 50 (not 2x10^1)."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.10g}" if v >= 1 else f"{v:.3g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def legend_below(ax, ncols: int = 2) -> None:
+    """The legend under the axes: never over the data."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=ncols, fontsize=7, frameon=False)
 
 
 def _png(fig: MplFigure) -> bytes:
@@ -59,146 +77,110 @@ def _png(fig: MplFigure) -> bytes:
     return out.getvalue()
 
 
-def _draw(fig_id: str, title: str, filename: str, empty_note: str, ncols: int,
-          draw: Callable[[list], None]) -> Figure:
+def _svg(fig: MplFigure) -> bytes:
+    FigureCanvasSVG(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+    return buf.getvalue()
+
+
+def draw_figure(fig_id: str, title: str, empty_note: str, ncols: int, draw: Callable[[list], None],
+                height: float = 4.2) -> Figure:
+    filename = f"{fig_id}.png"
     if ncols == 0:
         return Figure(fig_id, title, filename, None, empty_note)
     with matplotlib.rc_context(RC):
-        fig = MplFigure(figsize=(6.4, 4) if ncols == 1 else (min(5.2 * ncols, 11), 3.8), layout="constrained")
+        fig = MplFigure(figsize=(6.4, height) if ncols == 1 else (min(5.0 * ncols, 11), height),
+                        layout="constrained")
+        FigureCanvasAgg(fig)  # a canvas from the start: label placement measures text in pixels
         axes = fig.subplots(1, ncols, squeeze=False)[0]
         draw(list(axes))
-        return Figure(fig_id, title, filename, _png(fig))
+        return Figure(fig_id, title, filename, _png(fig), svg=_svg(fig))
 
 
-def pareto(sel: Selection | None, benchmark: str = "longbench_e") -> Figure:
-    """Accuracy vs effective bits per element (ours filled, the paper's value hollow at our bits)."""
-    points: dict[str, list[tuple[float, float, float | None, str]]] = defaultdict(list)
-    if sel is not None:
-        for (column, method), run in sel.cells.items():
-            value = headline(run)
-            if run.bits is not None and value is not None:
-                points[column].append((run.bits, value, paper_value(sel.benchmark, method, column), method))
-    name = sel.benchmark if sel else benchmark
+def _place_labels(ax, pts: list[tuple[float, float, str]]) -> None:
+    """Point labels at the first nearby spot whose text box clears every marker and every label already
+    placed (measured in pixels); a thin leader line joins a label pushed away from its point."""
+    fig = ax.figure
+    fig.canvas.draw()  # fixes the limits, so display coordinates are final
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    markers = [ax.transData.transform((x, y)) for x, y, _ in pts]
+    taken = [Bbox.from_extents(px - 5, py - 5, px + 5, py + 5) for px, py in markers]
+    offsets = [(dx * r, dy * r) for r in (1, 2, 3, 4, 6) for dx, dy in
+               ((1, 0.6), (1, -1), (-1, 0.6), (-1, -1), (0, 1.6), (0, -2))]
+    for (x, y, label), _ in sorted(zip(pts, markers, strict=True), key=lambda p: -p[1][1]):
+        ox, oy = offsets[0]
+        for ox, oy in offsets:  # noqa: B007 (the spot found is used after the loop)
+            box = _label(ax, x, y, label, ox, oy).get_window_extent(renderer).expanded(1.05, 1.15)
+            ax.texts[-1].remove()
+            inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
+            if inside and not any(box.overlaps(t) for t in taken):
+                break
+        else:
+            ox, oy = offsets[0]  # nowhere free: the default spot
+        _label(ax, x, y, label, ox, oy, leader=abs(ox) + abs(oy) > 3)
+        taken.append(box)
+
+
+def _label(ax, x: float, y: float, label: str, ox: float, oy: float, leader: bool = False):
+    arrow = {"arrowstyle": "-", "lw": 0.5, "color": "#777777", "shrinkB": 3} if leader else None
+    return ax.annotate(safe(label), (x, y), textcoords="offset pixels", xytext=(ox * 6, oy * 6), fontsize=7,
+                       ha="left" if ox >= 0 else "right", va="center", arrowprops=arrow)
+
+
+def accuracy_vs_bits(fig_id: str, title: str, panels: list[tuple[str, list[tuple[float, float, float | None, str]]]],
+                     ylabel: str, empty_note: str) -> Figure:
+    """One panel per model: ours (filled) and the paper's value (hollow, at our bits) per method."""
+    panels = [(name, pts) for name, pts in panels if pts][:MAX_PANELS]
 
     def draw(axes: list) -> None:
-        ax = axes[0]
-        for i, (column, pts) in enumerate(sorted(points.items())):
-            color = f"C{i % 10}"
-            pts.sort()
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=color, label=_safe(f"{column} (ours)"), zorder=3)
+        for ax, (name, pts) in zip(axes, panels, strict=True):
+            pts = sorted(pts)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", color="#0072B2", label="ours", zorder=3)
             paper = [(p[0], p[2]) for p in pts if p[2] is not None]
             if paper:
-                ax.scatter(*zip(*paper, strict=True), facecolors="none", edgecolors=color, label=_safe(f"{column} (paper)"))
-            front, best = [], float("-inf")
-            for bits, value, _, _ in pts:  # Pareto front: fewer bits, higher accuracy
-                if value > best:
-                    front.append((bits, value))
-                    best = value
-            ax.plot(*zip(*front, strict=True), color=color, alpha=0.5, drawstyle="steps-post")
-            for bits, value, _, method in pts:
-                ax.annotate(_safe(method_label(method)), (bits, value), textcoords="offset points", xytext=(4, 3),
-                            fontsize=7)
-        _log2_ticks(ax, {p[0] for pts in points.values() for p in pts})
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2f}"))
-        ax.set_xlabel("effective bits per element (log scale)")
-        ax.set_ylabel("score")
-        ax.figure.legend(fontsize=7, loc="outside lower center", ncols=2)  # below: never over the points
+                ax.plot(*zip(*paper, strict=True), "s", mfc="none", mec="#D55E00", label="paper", zorder=2)
+            ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ys = [p[1] for p in pts if p[1] > 0]
+            if ys and len(ys) == len(pts) and max(ys) / min(ys) > 4:  # one outlier must not squash the rest
+                plain_log_y(ax)
+            ax.set_xlabel("bits per element (log scale)")
+            ax.set_ylabel(safe(ylabel))
+            ax.set_title(safe(name), fontsize=9)
+            ax.margins(x=0.15, y=0.12)
+            _place_labels(ax, [(p[0], p[1], method_label(p[3])) for p in pts])
+            legend_below(ax)
 
-    return _draw(f"fig-pareto-{name}", f"Accuracy vs bits ({name})", f"fig-pareto-{name}.png",
-                 "No run has both a score and bits_per_element, so there is no accuracy-vs-bits plot.",
-                 1 if points else 0, draw)
+    return draw_figure(fig_id, title, empty_note, len(panels), draw)
 
 
-def _series(rows: list[SpeedRow], x: Callable[[SpeedRow], float], y: Callable[[SpeedRow], float | None]):
-    """{level: {line label: [(x, y)]}}, one line per impl (and arch when several)."""
-    archs = {r.arch for r in rows}
-    out: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        value = y(r)
-        if value is not None:
-            label = r.impl if len(archs) == 1 else f"{r.arch} {r.impl}"
-            out[r.level][label].append((x(r), value))
-    return out
+def heatmaps(fig_id: str, title: str, grids: list[tuple[str, dict]], empty_note: str, xlabel: str, ylabel: str,
+             colorbar: str, vmax: float = 100, cmap: str = "RdYlGn") -> Figure:
+    """One heatmap per (label, {column: {row: value}}); at most MAX_PANELS, every number is in a table."""
+    grids = grids[:MAX_PANELS]
 
-
-def _lines(fig_id: str, title: str, empty_note: str, series: dict, xlabel: str, ylabel: str,
-           logy: bool = True) -> Figure:
-    levels = sorted(series)
+    def order(keys) -> list:
+        return sorted(keys, key=lambda k: (0, float(k)) if str(k).replace(".", "", 1).isdigit() else (1, str(k)))
 
     def draw(axes: list) -> None:
-        for ax, level in zip(axes, levels, strict=True):
-            for i, (label, pts) in enumerate(sorted(series[level].items())):
-                pts.sort()
-                style = "-" if label.lower().split(" ")[-1].startswith("oscar") else "--"
-                ax.plot(*zip(*pts, strict=True), style, marker="o", ms=3, color=f"C{i % 10}", label=_safe(label))
-            _log2_ticks(ax, {x for pts in series[level].values() for x, _ in pts})
-            if logy:
-                ax.set_yscale("log")
-            ax.set_title(_safe(level), fontsize=9)
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(ylabel)
-            ax.legend(fontsize=7)
-
-    return _draw(fig_id, title, f"{fig_id}.png", empty_note, len(levels), draw)
-
-
-def latency_vs_context(rows: list[SpeedRow]) -> Figure:
-    series = _series([r for r in rows if r.batch == 1], lambda r: r.context, lambda r: r.median_us)
-    series = {f"level: {k}": v for k, v in series.items()}
-    return _lines("fig-latency", "Decode latency vs context (batch 1)",
-                  "No batch-1 speed rows, so there is no latency-vs-context plot.", series, "context (tokens)",
-                  "median µs per call")
-
-
-def throughput_vs_batch(rows: list[SpeedRow]) -> Figure:
-    batched = [r for r in rows if r.batch > 1]
-    contexts = [r.context for r in batched]
-    context = 4096 if 4096 in contexts else max(set(contexts), key=contexts.count, default=None)
-    chosen = [r for r in rows if r.context == context]
-    series = _series(chosen, lambda r: r.batch, lambda r: r.tokens_per_s) if batched else {}
-    series = {f"level: {k}": v for k, v in series.items()}
-    return _lines("fig-throughput", f"Throughput vs batch (context {context})",
-                  "No speed rows with batch > 1, so there is no throughput-vs-batch plot.", series, "batch",
-                  "tokens/s (batch / step time)")
-
-
-def memory(rows: list[SpeedRow]) -> Figure:
-    one = [r for r in rows if r.batch == 1]
-    kv = _series(one, lambda r: r.context, lambda r: r.kv_bytes and r.kv_bytes / 2**20)
-    peak = _series(one, lambda r: r.context, lambda r: r.peak_mem_bytes and r.peak_mem_bytes / 2**20)
-    series = {f"KV cache, level: {k}": v for k, v in kv.items()} | {f"peak memory, level: {k}": v for k, v in peak.items()}
-    return _lines("fig-memory", "Memory vs context (batch 1, MiB)",
-                  "No speed rows record kv_bytes or peak_mem_bytes, so there is no memory plot.", series,
-                  "context (tokens)", "MiB")
-
-
-def niah_heatmaps(sel: Selection | None) -> Figure:
-    """One heatmap per (model, method) from the summary's ``grid``: {context: {depth: score}}."""
-    grids = []
-    for (column, method), run in sorted((sel.cells if sel else {}).items()):
-        grid = (run.summary or {}).get("grid")
-        if isinstance(grid, dict) and grid and all(isinstance(v, dict) for v in grid.values()):
-            grids.append((f"{column}, {method_label(method)}", grid))
-    grids = grids[:6]  # a readable figure; every number is still in the tables
-
-    def draw(axes: list) -> None:
+        image = None
         for ax, (label, grid) in zip(axes, grids, strict=True):
-            contexts = sorted(grid, key=lambda c: float(c) if str(c).replace(".", "").isdigit() else 0)
-            depths = sorted({d for v in grid.values() for d in v},
-                            key=lambda d: float(d) if str(d).replace(".", "").isdigit() else 0)
-            data = [[_num(grid[c].get(d)) for c in contexts] for d in depths]
-            image = ax.imshow(data, aspect="auto", cmap="RdYlGn", vmin=0, vmax=100, origin="upper")
-            ax.set_xticks(range(len(contexts)), [_safe(c) for c in contexts], rotation=45, fontsize=6)
-            ax.set_yticks(range(len(depths)), [_safe(d) for d in depths], fontsize=6)
-            ax.set_xlabel("context length")
-            ax.set_ylabel("needle depth (%)")
-            ax.set_title(_safe(label), fontsize=8)
+            cols = order(grid)
+            rows = order({r for v in grid.values() for r in v})
+            data = [[_num(grid[c].get(r)) for c in cols] for r in rows]
+            image = ax.imshow(data, aspect="auto", cmap=cmap, vmin=0, vmax=vmax, origin="upper")
+            ax.set_xticks(range(len(cols)), [safe(tokens(float(c)) if str(c).isdigit() else c) for c in cols],
+                          rotation=45, fontsize=6)
+            ax.set_yticks(range(len(rows)), [safe(r) for r in rows], fontsize=6)
+            ax.set_xlabel(safe(xlabel))
+            ax.set_ylabel(safe(ylabel))
+            ax.set_title(safe(label), fontsize=8)
             ax.grid(False)
-        axes[-1].figure.colorbar(image, ax=axes, shrink=0.8, label="retrieval accuracy (%)")
+        axes[-1].figure.colorbar(image, ax=axes, shrink=0.8, label=colorbar)
 
-    return _draw("fig-niah", "Needle-in-a-haystack heatmaps", "fig-niah.png",
-                 "No NIAH summary has a 'grid' ({context: {depth: score}}), so there is no heatmap.", len(grids),
-                 draw)
+    return draw_figure(fig_id, title, empty_note, len(grids), draw)
 
 
 def _num(value: object) -> float:

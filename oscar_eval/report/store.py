@@ -118,6 +118,24 @@ class SpeedFile:
     peak_bandwidth_gbps: float | None
     rows: list[dict[str, Any]]
     note: str = ""  # free text the measurer added (e.g. which commit the sources are)
+    created: str = ""  # ISO time the run started ("" in older files: they sort first)
+    partial: bool = False  # the profiler stopped early (time limit): not a complete run
+
+
+@dataclass
+class KernelFile:
+    """One ``kernels/<name>.json`` (scripts/bench_kernels.py): decode rows and pack timings."""
+
+    name: str
+    env: dict[str, Any]
+    peak_bandwidth_gbps: float | None
+    rows: list[dict[str, Any]]
+    pack: dict[str, Any]
+    note: str = ""
+
+    @property
+    def date(self) -> str:
+        return text(self.env.get("date"))
 
 
 @dataclass
@@ -125,7 +143,9 @@ class Store:
     root: Path
     runs: list[Run] = field(default_factory=list)
     speed: list[SpeedFile] = field(default_factory=list)
+    kernels: list[KernelFile] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    include_smoke: bool = False  # smoke runs fill table cells (labelled "random weights")
 
 
 def _read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
@@ -177,11 +197,11 @@ def _read_records(path: Path, run: Run, problems: list[str]) -> None:
 
 
 def load_store(root: str | Path, include_smoke: bool = False) -> Store:
-    """Read every run and speed file under ``root``; never raises on a bad file.
+    """Read every run, speed and kernel file under ``root``; never raises on a bad file.
 
-    Runs of the built-in smoke configuration (tiny random model) measure nothing; they are left out
-    unless ``include_smoke``."""
-    store = Store(Path(root))
+    Runs of the built-in smoke configuration (tiny random model) measure nothing: they are loaded (the
+    report lists them, labelled) but fill table cells only with ``include_smoke``."""
+    store = Store(Path(root), include_smoke=include_smoke)
     runs_dir = store.root / "runs"
     for run_dir in sorted(p for p in runs_dir.glob("*") if p.is_dir()):
         manifest_path, summary_path = run_dir / "manifest.json", run_dir / "summary.json"
@@ -191,9 +211,6 @@ def load_store(root: str | Path, include_smoke: bool = False) -> Store:
             continue
         manifest = _read_json(manifest_path, store.problems)
         if manifest is None:
-            continue
-        if manifest.get("configuration") == "smoke" and not include_smoke:
-            store.problems.append(f"{run_dir.name}: smoke configuration (tiny random model); not shown")
             continue
         summary = _read_json(summary_path, store.problems) if summary_path.exists() else None
         if summary is None and not summary_path.exists():
@@ -213,5 +230,18 @@ def load_store(root: str | Path, include_smoke: bool = False) -> Store:
         env = data.get("env") if isinstance(data.get("env"), dict) else {}
         good = [r for r in rows if isinstance(r, dict)]
         note = data.get("note") if isinstance(data.get("note"), str) else ""
-        store.speed.append(SpeedFile(path.stem, env, num(data.get("peak_bandwidth_gbps")), good, note))
+        store.speed.append(SpeedFile(path.stem, env, num(data.get("peak_bandwidth_gbps")), good, note,
+                                     text(data.get("created")), data.get("partial") is True))
+    for path in sorted((store.root / "kernels").glob("*.json")):
+        data = _read_json(path, store.problems)
+        if data is None:
+            continue
+        if not isinstance(data.get("rows"), list):
+            store.problems.append(f"{path}: no 'rows' list; skipped")
+            continue
+        env = data.get("env") if isinstance(data.get("env"), dict) else {}
+        pack = data.get("pack") if isinstance(data.get("pack"), dict) else {}
+        note = data.get("note") if isinstance(data.get("note"), str) else ""
+        store.kernels.append(KernelFile(path.stem, env, num(data.get("peak_bandwidth_gbps")),
+                                        [r for r in data["rows"] if isinstance(r, dict)], pack, note))
     return store

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from oscar_eval.report.labels import decode_path, run_labels
 from oscar_eval.report.model import Cell, Row, Table, slug
 from oscar_eval.report.paper import (
     PAPER_MODEL,
@@ -138,7 +139,18 @@ def caveats(run: Run) -> str | None:
 def _cell(run: Run | None, refs: dict[str, str], value: Callable[[Run], float | None]) -> Cell:
     if run is None:
         return Cell()
-    return Cell(ours=value(run), ref=refs.get(run.run_id), flag=caveats(run))
+    return Cell(ours=value(run), ref=refs.get(run.run_id), flag=caveats(run), labels=run_labels(run, False))
+
+
+def decode_path_note(runs: list[Run], refs: dict[str, str]) -> str | None:
+    """"Decode path: kernel (R1, R2); reference (R3)." for the runs of a table that record one."""
+    paths: dict[str, list[str]] = {}
+    for run in runs:
+        if path := decode_path(run):
+            paths.setdefault(path, []).append(refs.get(run.run_id, "?"))
+    if not paths:
+        return None
+    return "Decode path: " + "; ".join(f"{p} ({', '.join(v)})" for p, v in sorted(paths.items())) + "."
 
 
 def _bits(runs: list[Run]) -> str | None:
@@ -159,7 +171,10 @@ def main_table(sel: Selection, refs: dict[str, str], table_id: str, title: str) 
             cells.append(cell)
         runs = [r for c in sel.columns if (r := sel.run(c, method))]
         rows.append(Row(method, method_label(method), cells, paper_bits_label(method) if compare else None, _bits(runs)))
-    return Table(table_id, title, sel.columns, rows, DECIMALS.get(sel.benchmark, 2), compare=compare)
+    table = Table(table_id, title, sel.columns, rows, DECIMALS.get(sel.benchmark, 2), compare=compare)
+    if note := decode_path_note(list(sel.cells.values()), refs):
+        table.notes.append(note)
+    return table
 
 
 def mmau_tables(sel: Selection, refs: dict[str, str]) -> list[Table]:
@@ -198,7 +213,7 @@ def detail_table(sel: Selection, refs: dict[str, str], column: str, table_id: st
             for _, leaf in subcolumns:
                 full = (*path, leaf) if leaf else path
                 cell = _cell(sel.run(column, m), refs, lambda r, p=full: summary_value(r, *p))
-                cell.flag = None  # shown once, in the main table
+                cell.flag, cell.labels = None, []  # shown once, in the main table
                 cells.append(cell)
         rows.append(Row(label, label, cells))
     headers = [h for _ in methods for h, _ in subcolumns]

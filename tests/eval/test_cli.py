@@ -86,5 +86,5 @@ def test_manifest_has_full_provenance(capsys, tmp_path, smoke_cache):
 def test_list(capsys):
     code, out, _ = run_cli(capsys, "list")
     assert code == 0
-    assert "methods:" in out and "oscar" in out and "kivi" in out and "fp16" in out
+    assert "methods (--method NAME" in out and "oscar" in out and "kivi" in out and "fp16" in out
     assert "longbench_e" in out and "LlamaForCausalLM" in out

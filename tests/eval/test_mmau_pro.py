@@ -355,9 +355,9 @@ def test_without_a_judge_open_columns_stay_empty(data_dir, tmp_path, monkeypatch
 
 
 def test_registry_and_runner_for_audio():
-    from oscar_eval.audio import AudioRunner
     from oscar_eval.benchmarks import get_benchmark
     from oscar_eval.models import runner_for
+    from oscar_eval.models.audio import AudioRunner
 
     assert type(get_benchmark("mmau-pro")).__name__ == "MMAUPro"
     assert isinstance(runner_for("audio", object()), AudioRunner)
@@ -368,7 +368,7 @@ def test_registry_and_runner_for_audio():
 # --------------------------------------------------------------------------------------------------
 
 def test_load_wav_resamples_to_16k_mono(tmp_path):
-    from oscar_eval.audio import load_audio
+    from oscar_eval.models.audio import load_audio
 
     write_wav(tmp_path / "x.wav", seconds=0.1, rate=8000)
     x = load_audio(tmp_path / "x.wav")
@@ -378,7 +378,7 @@ def test_load_wav_resamples_to_16k_mono(tmp_path):
 
 
 def test_non_wav_without_decoder_names_the_package(tmp_path, monkeypatch):
-    from oscar_eval.audio import load_audio
+    from oscar_eval.models.audio import load_audio
 
     monkeypatch.setitem(sys.modules, "soundfile", None)
     monkeypatch.setitem(sys.modules, "librosa", None)
@@ -441,9 +441,9 @@ def tiny_omni():
 
 def test_audio_runner_generates_text_with_the_cache_on_the_thinker(tiny_omni, tmp_path):
     import oscar_core as oc
-    from oscar_eval.audio import AudioRunner
     from oscar_eval.benchmarks.base import Item
     from oscar_eval.models import LoadedModel
+    from oscar_eval.models.audio import AudioRunner
 
     model, tok = tiny_omni
     loaded = LoadedModel(model, tok, tmp_path, "cpu", "float32")

@@ -41,8 +41,8 @@ def _ids(tok, text: str) -> list[int]:
 def test_depths_and_contexts():
     assert depth_percents(15) == [0, 7, 14, 21, 29, 36, 43, 50, 57, 64, 71, 79, 86, 93, 100]
     assert depth_percents(3) == [0, 50, 100] and depth_percents(1) == [0]
-    assert parse_contexts("1k, 2k,42000,1000") == [1000, 2000, 42000]
-    assert parse_contexts("42k") == [42000] and parse_contexts([512, "1.5k"]) == [512, 1500]
+    assert parse_contexts("1k, 2k,42000,1024") == [1024, 2048, 42000]  # 1k = 1024 (as RULER's)
+    assert parse_contexts("42k") == [43008] and parse_contexts([512, "1.5k"]) == [512, 1536]
     for bad in ("12q", "", "0"):
         with pytest.raises(UserError):
             parse_contexts(bad)

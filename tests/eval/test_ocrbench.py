@@ -208,7 +208,7 @@ def test_group_and_total_arithmetic():
 
 @pytest.fixture(scope="module")
 def vl_model(smoke_cache) -> Path:
-    from oscar_eval import vision
+    from oscar_eval.models import vision
 
     return vision.smoke_model_path()
 
@@ -242,7 +242,7 @@ def test_malformed_row_is_recorded_and_the_run_continues(capsys, tmp_path, vl_mo
 
 
 def test_qwen_vl_min_pixels_on_ocrbench(vl_model):
-    from oscar_eval.vision import VisionRunner, load_vision_model
+    from oscar_eval.models.vision import VisionRunner, load_vision_model
 
     loaded = load_vision_model(vl_model, device="cpu")
     runner = VisionRunner(loaded)
@@ -292,7 +292,7 @@ def test_smoke_run_end_to_end_and_report(capsys, tmp_path, smoke_cache):
 # -- VLMEvalKit adapter --------------------------------------------------------------------------
 def test_vlmevalkit_adapter_without_vlmeval(tmp_path, vl_model):
     from oscar_eval.adapters import vlmevalkit as vk
-    from oscar_eval.vision import VisionRunner
+    from oscar_eval.models.vision import VisionRunner
 
     model = vk.OscarVLM(vl_model, method="oscar", device="cpu", max_new_tokens=8)
     image = tmp_path / "img.png"

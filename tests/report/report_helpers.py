@@ -36,7 +36,8 @@ class StoreWriter:
     def run(self, benchmark: str, model: str, method: str, *, average: float | None = None,
             columns: dict[str, float] | None = None, bits: float | None = 3.02, protocol: str = "paper",
             created: str = "2026-11-29T08:00:00+00:00", records: list[dict[str, Any]] | None = None,
-            extra: dict[str, Any] | None = None, params: dict[str, Any] | None = None) -> str:
+            extra: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
+            manifest_extra: dict[str, Any] | None = None) -> str:
         settings = {"max_input_len": 32768, "chat_template": False, "seed": 42, "greedy": True, "protocol": protocol}
         digest = hashlib.sha256(json.dumps([settings, created, params], sort_keys=True).encode()).hexdigest()[:8]
         run_id = f"{benchmark}-{model}-{method}-{digest}".replace("/", "_")
@@ -53,6 +54,8 @@ class StoreWriter:
                     "transformers": "5.24.0", "cuda": "13.0", "gpu": "NVIDIA H200", "platform": "Linux-test"},
             "created": created,
         }
+        for key, value in (manifest_extra or {}).items():  # "model" is merged, everything else replaced
+            manifest[key] = manifest[key] | value if key == "model" else value
         records = records or []
         summary: dict[str, Any] = {
             "schema": 1, "run_id": run_id, "benchmark": benchmark, "model_label": model, "method": method,
@@ -84,6 +87,15 @@ class StoreWriter:
         if note is not None:
             data["note"] = note
         (self.root / "speed" / f"{name}.json").write_text(json.dumps(data), encoding="utf-8")
+
+
+    def kernels(self, name: str, rows: list[dict[str, Any]], date: str, note: str = "") -> None:
+        """A kernels/<name>.json as scripts/bench_kernels.py writes it (the fields the report reads)."""
+        (self.root / "kernels").mkdir(exist_ok=True)
+        env = {"gpu": "NVIDIA H200", "date": date, "git_commit": "f119f54", "kernel_defines": "", "cuda": "13.0"}
+        data = {"schema": 1, "kind": "kernels", "env": env, "peak_bandwidth_gbps": 4270.0, "rows": rows,
+                "note": note}
+        (self.root / "kernels" / f"{name}.json").write_text(json.dumps(data), encoding="utf-8")
 
 
 def record(subset: str, index: int, *, failed: bool = False, error: str = "CUDA out of memory",
@@ -356,3 +368,69 @@ def md_row(md: str, title: str, label: str) -> list[str]:
     rows = [r for r in md_table(md, title) if r[0] == label]
     assert len(rows) == 1, f"row {label!r} under {title!r}: {rows}"
     return rows[0]
+
+
+# --- a store with every kind of run the report must label (issue 17) ----------------------------
+
+GGUF_SOURCE = {"format": "gguf-dequantized", "quantization": "Q4_1", "checkpoint": "smollm2-135m-instruct",
+               "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+
+
+def e2e_row(impl: str, batch: int, context: int, median_us: float, kv_bytes: int, arch: str = "qwen3-8b"
+            ) -> dict[str, Any]:
+    return speed_row(impl, batch, context, median_us, kv_bytes, level="e2e") | {
+        "arch": arch, "peak_mem_bytes": 17 * 2**30 + kv_bytes}
+
+
+def labelled_store(root: Path) -> StoreWriter:
+    """Smoke, partial and complete runs; a GGUF-derived real checkpoint with RULER, NIAH and PPL runs
+    whose manifests record the decode path; end-to-end speed runs (an older one superseded by a
+    newer one) with both baseline styles; two kernel files (the newer one wins each shape)."""
+    w = full_store(root)
+    smoke = {"configuration": "smoke", "model": {"label": "smoke-tiny-llama"}}
+    w.run("longbench_e", "smoke-tiny-llama", "oscar", average=3.0, manifest_extra=smoke)
+    w.run("longbench_e", "Qwen3-8B", "kivi", average=47.0,
+          extra={"coverage": {"done": 37, "total": 220, "missing_subsets": [], "complete": False}})
+    real = "smollm2-135m-instruct-0.1.2"
+    for method, bits, ppl, kl, top1, ruler, path in (
+            ("fp16", 16.0, 7.42, 0.0, 1.0, (92.0, 88.0), "fp16"),
+            ("kivi", 4.08, 9.05, 0.204, 0.795, (80.0, 70.0), "reference"),
+            ("oscar", 3.08, 8.05, 0.092, 0.871, (90.0, 85.0), "kernel")):
+        meta = {"model": {"source": GGUF_SOURCE}, "config": {"runtime": {"decode_path": path}}}
+        w.run("ppl", real, method, bits=bits, manifest_extra=meta,
+              extra={"ppl": ppl, "kl": kl, "top1": top1, "average": ppl, "columns": {"PPL": ppl}})
+        w.run("ruler", real, method, bits=bits, manifest_extra=meta,
+              extra={"contexts": {"4096": ruler[0], "8192": ruler[1]}, "average": sum(ruler) / 2})
+        w.run("niah", real, method, bits=bits, average=100.0, manifest_extra=meta,
+              extra={"grid": {"1024": {"0": 100.0, "100": 100.0}}})
+    old = [e2e_row("bf16-static-graph", 1, 131072, 99_000.0, 19 * 2**30), e2e_row("oscar-kernel-static", 1, 131072,
+                                                                                    33_000.0, 4 * 2**30)]
+    w.speed("e2e-old", old)
+    rows = []
+    for ctx, static, eager, oscar, kivi in ((4096, 9_048, 35_000, 8_475, 8_461), (32768, 10_016, 58_000, 8_841, 8_885),
+                                            (131072, 13_653, 30_230, 9_774, 9_858)):
+        kv = ctx * 36 * 8 * 512
+        rows += [e2e_row("bf16-static-graph", 1, ctx, static, kv), e2e_row("bf16-dynamic-eager", 1, ctx, eager, kv),
+                 e2e_row("oscar-kernel-static", 1, ctx, oscar, kv * 97 // 512),
+                 e2e_row("kivi-kernel-static", 1, ctx, kivi, kv * 96 // 512)]
+    for batch, static, eager, oscar in ((8, 10_622, 52_000, 9_655), (48, 21_600, 37_500, 12_742)):
+        kv = 4096 * 36 * 8 * 512 * batch
+        rows += [e2e_row("bf16-static-graph", batch, 4096, static, kv), e2e_row("bf16-dynamic-eager", batch, 4096,
+                                                                                eager, kv),
+                 e2e_row("oscar-kernel-static", batch, 4096, oscar, kv * 97 // 512)]
+    w.speed("e2e-new", rows)
+    data = json.loads((w.root / "speed" / "e2e-new.json").read_text())
+    (w.root / "speed" / "e2e-new.json").write_text(json.dumps(data | {"created": "2026-11-29T10:00:00+00:00"}))
+    data = json.loads((w.root / "speed" / "e2e-old.json").read_text())
+    (w.root / "speed" / "e2e-old.json").write_text(json.dumps(data | {"created": "2026-11-28T10:00:00+00:00"}))
+
+    def kernel(impl: str, context: int, us: float) -> dict[str, Any]:
+        return {"level": "kernel", "arch": "qwen3-8b", "batch": 1, "context": context, "num_q_heads": 32,
+                "num_kv_heads": 8, "head_dim": 128, "impl": impl, "median_us": us, "roofline_fraction": 0.5}
+
+    w.kernels("k-old", [kernel("oscar-int2", 131072, 90.0), kernel("cudnn-sdpa-bf16", 131072, 126.0)],
+              "2026-11-29T08:00:00+00:00", note="superseded")
+    w.kernels("k-new", [kernel(i, c, us) for c, o, b in ((4096, 10.2, 11.5), (131072, 44.5, 126.0))
+                        for i, us in (("oscar-int2", o), ("cudnn-sdpa-bf16", b))],
+              "2026-11-29T09:43:00+00:00", note="current kernels")
+    return w

@@ -22,7 +22,8 @@ def test_partial_run_is_listed_apart_and_not_in_table1(writer: StoreWriter):
                extra={"coverage": {**partial, "done": 650, "fraction": 1.0, "complete": True}})
     md = render(_report(writer.root))
     rows = md_table(md, "Partial runs (not in any table)")
-    assert [r[1:] for r in rows[2:]] == [["longbench\\_e", "Qwen3-8B", "kivi", "13 of 650 items"]]
+    assert [r[1:] for r in rows[2:]] == [["longbench\\_e", "Qwen3-8B", "kivi", "13 of 650 items",
+                                          "partial: 13/650 items"]]
     table1 = next(s for s in _report(writer.root).sections if s.id == "table1").blocks[0]
     ours = {r.key: [c.ours for c in r.cells] for r in table1.rows}
     assert ours["kivi"] == [None, None] and 48.0 in ours["oscar"]  # the partial kivi run fills no cell
@@ -39,7 +40,7 @@ def test_old_store_without_coverage_is_partial_when_limited(writer: StoreWriter,
     (folder / "manifest.json").write_text(json.dumps(manifest))
     report = _report(writer.root)
     partial = next(s for s in report.sections if s.id == "partial")
-    assert partial.blocks[0].rows[0][-1] == "limited by --limit (coverage not recorded)"
+    assert partial.blocks[0].rows[0][-2] == "limited by --limit (coverage not recorded)"
 
 
 def test_a_lock_only_folder_is_not_a_problem(writer: StoreWriter):
@@ -54,7 +55,7 @@ def test_html_lists_partial_runs(writer: StoreWriter, tmp_path):
                                    "complete": False}})
     render_report(writer.root, tmp_path / "out")
     tables = html_tables((tmp_path / "out" / "index.html").read_text(encoding="utf-8"))
-    assert tables["partial-runs"][1][-1] == "10 of 1000 items; subsets not run: Doc-oriented VQA"
+    assert tables["partial-runs"][1][-2] == "10 of 1000 items; subsets not run: Doc-oriented VQA"
     oscar = next(r for r in tables["table6-main"] if r[0] == "OScaR")
     assert "10" not in oscar[3]  # its Total is not in Table 6
 

@@ -39,8 +39,8 @@ def test_hostile_text_is_escaped_in_html(writer, tmp_path):
         assert not [a for a in attrs if a.startswith("on")], (tag, attrs)
         if tag == "img":
             assert attrs["src"].startswith("data:image/png;base64,")
-        if tag == "a":
-            assert attrs["href"].startswith("#")
+        if tag == "a":  # in-page anchors, or the report's own CSV / figure files (names built by slug)
+            assert re.fullmatch(r"#[a-z0-9-]+|table-[a-z0-9-]+\.csv|fig-[a-z0-9_-]+\.(png|svg)", attrs["href"])
     # The hostile label is a column of Table 1 (no paper match), shown as text.
     assert html_tables(html)["table1-main"][0][-1] == f"{HOSTILE} $\\frac{{1$"
     # a speed file's free-text note is shown in the provenance, as text
@@ -125,7 +125,7 @@ def test_summary_without_run_is_reported_as_incomplete(writer, tmp_path):
     assert any("no summary.json yet" in p for p in done.problems)
     html = done.html.read_text(encoding="utf-8")
     assert html_row(html, "table1-main", "OScaR")[6] == "—"
-    assert html_tables(html)["prov-runs"][1][-1] == "no summary"
+    assert html_tables(html)["prov-runs"][1][-2] == "no summary"
 
 
 def test_report_is_deterministic_given_the_date(store, tmp_path):
@@ -153,7 +153,8 @@ def test_markdown_renders_as_intended_with_a_gfm_parser(writer, tmp_path):
     html = markdown_it.MarkdownIt("commonmark").enable("table").render(md)
     assert "<script" not in html and "<img src=x" not in html
     assert [t for t, _ in tags(html) if t not in ("h1", "h2", "h3", "p", "strong", "em", "table", "thead", "tbody",
-                                                  "tr", "th", "td", "code", "ul", "li", "img")] == []
+                                                  "tr", "th", "td", "code", "ul", "li", "img", "a", "details",
+                                                  "summary")] == []
     tables = html_tables(html)
     assert len(tables) == md.count("\n| ---")
     for rows in tables.values():

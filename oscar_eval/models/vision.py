@@ -23,16 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from oscar_eval.errors import UserError
-from oscar_eval.models import (
-    Generation,
-    LoadedModel,
-    cache_kwarg,
-    resolve_device,
-    resolve_dtype,
-    resolve_model_path,
-)
+from oscar_eval.models.base import Generation, LoadedModel, cache_kwarg
+from oscar_eval.models.detect import QWEN_VL_TYPES
+from oscar_eval.models.resolve import resolve_device, resolve_dtype, resolve_model_path
 
-QWEN_VL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 OCRBENCH_MIN_PIXEL_UNITS = 10 * 10  # VLMEvalKit: min_pixels = 10*10*32*32 for Qwen3-VL on OCRBench
 
 
@@ -126,18 +120,6 @@ def load_processor(path: Path, model_type: str) -> Any:
         return QwenVLProcessor(tok, ip, _chat_template_from(path, tok))
     why = f" ({str(error).splitlines()[0]})" if error else ""
     raise UserError(f"cannot build an image processor for {path}{why}")
-
-
-VISION_LANGUAGE_TYPES = (*QWEN_VL_TYPES, "llava_next", "llava", "llava_onevision")
-
-
-def is_vision_language(path: Path) -> bool:
-    """Whether the checkpoint in ``path`` is an image-text-to-text model this module loads."""
-    try:
-        cfg = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return str(cfg.get("model_type", "")) in VISION_LANGUAGE_TYPES
 
 
 def load_vision_model(model: str | Path, device: str = "auto", dtype: str = "auto") -> LoadedVisionModel:
@@ -246,7 +228,7 @@ class VisionRunner:
 # -- the vision smoke configuration ------------------------------------------------------------------
 SMOKE_VERSION = 1
 SMOKE_LABEL = "smoke-tiny-qwen3-vl"
-SMOKE_OCRBENCH_DATA = Path(__file__).resolve().parent / "data" / "ocrbench_smoke"
+SMOKE_OCRBENCH_DATA = Path(__file__).resolve().parents[1] / "data" / "ocrbench_smoke"
 QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
                  "<|video_pad|>"]
 QWEN_CHAT_TEMPLATE = (

@@ -4,7 +4,7 @@ A document's first ``P`` tokens are the prompt and the next ``N`` the scored con
 (``t[P] .. t[P+N-1]``):
 
 - the prompt goes through the model in one forward with the cache (``cache=`` in transformers >= 5.2x,
-  ``past_key_values=`` before, see :func:`oscar_eval.models.cache_kwarg`): it attends over its
+  ``past_key_values=`` before, see :func:`oscar_eval.models.base.cache_kwarg`): it attends over its
   own unquantized keys and values, and the cache quantizes it afterwards (METHODS.md, prefill policy);
   the logits at its last position predict ``t[P]``, the first scored token, so that one is predicted
   in full precision (reported apart as ``first`` as well as inside the totals);
@@ -34,7 +34,7 @@ import math
 from typing import Any
 
 from oscar_eval.errors import UserError
-from oscar_eval.models import Generation, LoadedModel
+from oscar_eval.models.base import Generation, LoadedModel, cache_kwarg
 
 
 def document_ids(tokenizer: Any, text: str) -> list[int]:
@@ -67,8 +67,6 @@ def teacher_forced(model: Any, ids: Any, prompt_tokens: int, cache: Any, ref_log
     ``ref_nll``; position 0 from the prompt's forward, positions 1.. from one-token forwards through
     ``cache`` (see the module doc)."""
     import torch
-
-    from oscar_eval.models import cache_kwarg
 
     kw = {cache_kwarg(): cache}
     total = ids.shape[1]

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from oscar_eval.errors import UserError
+from oscar_eval.models.base import Generation, cache_kwarg
 
 SAMPLE_RATE = 16000
 
@@ -81,10 +82,6 @@ def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
         return _resample(x, rate, sr)
     raise RuntimeError(f"cannot read {path}: decoding {path.suffix or 'this'} audio needs the 'soundfile' "
                        "or 'librosa' package (pip install soundfile)")
-
-
-def is_omni(config: Any) -> bool:
-    return "omni" in str(getattr(config, "model_type", "")).lower()
 
 
 def load_omni_model(path: Path, device: str, torch_dtype: Any) -> Any:
@@ -233,8 +230,6 @@ class AudioRunner:
     def generate(self, item: Any, cache: Any) -> Any:
         import torch
 
-        from oscar_eval.models import Generation
-
         model = self.loaded.model
         inputs, text = self.build_inputs(item)
         dtype = next(model.parameters()).dtype
@@ -267,8 +262,6 @@ class AudioRunner:
                     gen_kwargs["thinker_past_key_values"] = cache
                 out = model.generate(**batch, return_audio=False, **gen_kwargs)
             else:
-                from oscar_eval.models import cache_kwarg
-
                 gen_kwargs = {"max_new_tokens": item.max_new_tokens, "do_sample": False, "num_beams": 1,
                               "eos_token_id": eos_ids or None, "pad_token_id": pad,
                               "return_dict_in_generate": True}
