@@ -1,7 +1,7 @@
 """Per-step CPU decode time of each method's packed cache vs fp16: the blockwise path vs the timeline path.
 
 For each method: one prefill of ``--context`` tokens, then ``--steps`` decode steps in which the fp16
-cache, the packed cache through the blockwise path (:mod:`oscar_core.blockwise`) and the same packed
+cache, the packed cache through the blockwise path (:mod:`oscar_core.cache.blockwise`) and the same packed
 cache through the timeline path take one step each in turn (interleaved, so a load change on a shared
 machine hits all three alike). The fp16 cache is cropped back to the prompt after each method. Reported:
 the median step time of each, and each packed median over the fp16 median of the same method's run.

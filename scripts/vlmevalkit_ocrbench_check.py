@@ -39,9 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     from vlmeval.dataset import OCRBench as VLMEvalOCRBench
     from vlmeval.inference import infer_data_job
 
-    from oscar_eval import provenance, vision
+    from oscar_eval import provenance
     from oscar_eval.adapters.vlmevalkit import VLMEVAL_KEYS, OscarVLM
     from oscar_eval.api import run_benchmark
+    from oscar_eval.models import vision
 
     work = Path(tempfile.mkdtemp(prefix="oscar-vlmeval-"))
     lmu = work / "LMUData"
