@@ -24,4 +24,4 @@ def runner_for(kind: str, loaded: LoadedModel, **settings: Any) -> ModelRunner:
         from oscar_eval.models.ppl import PerplexityRunner
 
         return PerplexityRunner(loaded, **settings)
-    raise UserError(f"no model runner for {kind!r} inputs yet (only text benchmarks are implemented)")
+    raise UserError(f"no model runner for {kind!r} inputs (known: text, vision, audio, ppl)")
