@@ -1,6 +1,6 @@
 """GPU tests of the CUDA kernels against the reference quantizer and the float32 attention reference.
 
-Skipped without CUDA (CI is CPU-only); run on a GPU machine with ``pytest -m gpu tests/kernels``.
+Skipped without CUDA (CI is CPU-only); run on a GPU machine with ``pytest -m gpu tests/gpu_kernels``.
 """
 
 from __future__ import annotations
