@@ -40,6 +40,7 @@ from typing import Any
 from oscar_eval.benchmarks import load_task_config
 from oscar_eval.benchmarks.base import Item, ItemError
 from oscar_eval.errors import UserError
+from oscar_eval.scoring.cells import cell_means
 from oscar_eval.token_counts import parse_contexts
 
 SCORING = ("key-phrase containment: score 1 when the prediction contains every answer key phrase after "
@@ -105,14 +106,7 @@ def _split_id(item_id: str) -> tuple[str, str] | None:
 
 def summarize_records(records: list[dict]) -> dict:
     """``grid`` {context: {depth: x100}}, ``average`` (mean of the cells), per-context/per-depth means."""
-    cells: dict[tuple[str, str], list[float]] = {}
-    for r in records:
-        if r.get("status") != "ok" or r.get("score") is None:
-            continue
-        key = _split_id(r.get("item_id", ""))
-        if key is not None:
-            cells.setdefault(key, []).append(float(r["score"]))
-    means = {k: 100.0 * sum(v) / len(v) for k, v in cells.items()}
+    means, n = cell_means(records, _split_id)
     contexts = sorted({c for c, _ in means}, key=_key)
     depths = sorted({d for _, d in means}, key=_key)
     grid = {c: {d: means[(c, d)] for d in depths if (c, d) in means} for c in contexts}
@@ -124,7 +118,7 @@ def summarize_records(records: list[dict]) -> dict:
     by_context = {c: mean(list(grid[c].values())) for c in contexts}
     by_depth = {d: mean([grid[c][d] for c in contexts if d in grid[c]]) for d in depths}
     return {"average": average, "grid": grid, "contexts": by_context, "depths": by_depth,
-            "columns": {"Accuracy": average}, "n": sum(len(v) for v in cells.values())}
+            "columns": {"Accuracy": average}, "n": n}
 
 
 @dataclass

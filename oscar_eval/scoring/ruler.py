@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from oscar_eval.scoring.cells import cell_means
+
 _CONTROL = re.compile(r"[\x00-\x1f]")
 
 
@@ -53,14 +55,7 @@ def _split_id(item_id: str) -> tuple[str, str] | None:
 def summarize_records(records: list[dict], task_order: Sequence[str] = ()) -> dict:
     """``grid`` {context: {task: x100}}, each context's mean over its tasks, each task's mean over its
     contexts, and ``average`` (the mean of the task x context cells)."""
-    cells: dict[tuple[str, str], list[float]] = {}
-    for r in records:
-        if r.get("status") != "ok" or r.get("score") is None:
-            continue
-        key = _split_id(r.get("item_id", ""))
-        if key is not None:
-            cells.setdefault(key, []).append(float(r["score"]))
-    means = {k: 100.0 * sum(v) / len(v) for k, v in cells.items()}
+    means, n = cell_means(records, _split_id)
     order = {t: i for i, t in enumerate(task_order)}
     tasks = sorted({t for t, _ in means}, key=lambda t: (order.get(t, len(order)), t))
     contexts = sorted({c for _, c in means}, key=int)
@@ -73,4 +68,4 @@ def summarize_records(records: list[dict], task_order: Sequence[str] = ()) -> di
     by_task = {t: mean([grid[c][t] for c in contexts if t in grid[c]]) for t in tasks}
     return {"average": average, "grid": grid, "grid_row_label": "task", "grid_rows": tasks,
             "contexts": {c: mean(list(grid[c].values())) for c in contexts}, "tasks": by_task,
-            "columns": {**by_task, "Average": average}, "n": sum(len(v) for v in cells.values())}
+            "columns": {**by_task, "Average": average}, "n": n}
