@@ -169,15 +169,18 @@ def run_benchmark(
     ``resume`` runs the items without an ok record (failed ones again); ``retry_failed`` (implies
     ``resume``) only the items whose latest record failed. ``device_map`` (e.g. ``"auto"``) spreads
     the model's layers over the visible GPUs (transformers' ``from_pretrained(device_map=...)``).
-    ``shard`` (:class:`oscar_eval.sharding.Shard`; default: from the launcher's environment, e.g.
+    ``shard`` (:class:`oscar_eval.store.sharding.Shard`; default: from the launcher's environment, e.g.
     torchrun's RANK/WORLD_SIZE) makes this process evaluate its shard of the items; the last shard to
     finish merges them (docs/results.md, "Sharded runs"). ``results``: the results store (default
     ``$OSCAR_EVAL_HOME/results``, see :mod:`oscar_eval.paths`). ``batch_size`` > 1 generates that many items at
     once (left padding, items grouped by prompt length; text benchmarks), with batch 1's greedy tokens.
-    ``on_result(summary)`` is called as each method finishes (the list comes back after the last one)."""
-    from oscar_eval import provenance, sharding, smoke
-    from oscar_eval.benchmarks import benchmark_key, get_benchmark
+    ``on_result(summary)`` is called as each method finishes (the list comes back after the last one).
+    ``benchmark_options``: keywords of the benchmark's constructor, e.g. ``{"contexts": "4k,8k", "depths": 5}``
+    for niah; those it declares (its class's ``options``) are the `oscar-eval run` flags."""
+    from oscar_eval import provenance, smoke
+    from oscar_eval.benchmarks import benchmark_key, get_benchmark, options_of
     from oscar_eval.paths import results_root
+    from oscar_eval.store import sharding
 
     results = results_root(results)  # default: $OSCAR_EVAL_HOME/results, never the current folder
 
@@ -205,6 +208,9 @@ def run_benchmark(
     device = sharding.bind_device(device, shard)
     requested_subsets = subsets
     bench_options = dict(benchmark_options or {})
+    for opt in options_of(benchmark):  # a cache that belongs with the results (MMAU-Pro's judge outputs)
+        if opt.in_results and bench_options.get(opt.name) is None:
+            bench_options[opt.name] = str(Path(results) / opt.in_results)
     if data_dir is None and bench_options.get("haystack"):  # NIAH --haystack FILE: its folder is the data dir
         data_dir = Path(bench_options["haystack"]).expanduser().resolve().parent
     default_data = _smoke_hook(benchmark, "default_data")
@@ -309,7 +315,7 @@ def _prepare_runs(benchmark, bench, specs, items, data_files, model_path, model_
     from oscar_eval import provenance, run_setup
     from oscar_eval.benchmarks import get_benchmark
     from oscar_eval.models import resolve_device, resolve_dtype, resolve_model_path
-    from oscar_eval.run_identity import device_identity
+    from oscar_eval.store.run_identity import device_identity
 
     path = resolve_model_path(model_path)
     dev = resolve_device(device)
@@ -395,10 +401,11 @@ def _check_method_on_model(model: Any, name: str, overrides: dict) -> Any:
 
 
 def _run_method(plan: _Plan, run: Any, reload: bool) -> dict:
-    from oscar_eval import provenance, run_identity, run_setup
+    from oscar_eval import provenance, run_setup
     from oscar_eval.models import load_model, runner_for
-    from oscar_eval.results import coverage
     from oscar_eval.runner import evaluate_items
+    from oscar_eval.store import run_identity
+    from oscar_eval.store.results import coverage
 
     name, spec, store = run.name, run.spec, run.store
 
@@ -519,10 +526,27 @@ def _run_method(plan: _Plan, run: Any, reload: bool) -> dict:
     return summary
 
 
+def merge_run(results: str | Path, run_id: str) -> dict:
+    """`oscar-eval merge RUN_ID`: write a complete sharded run's records, manifest and summary; returns the
+    summary. The benchmark (for its ``summarize``) is rebuilt from the shards' ``benchmark_args``. Raises
+    :class:`oscar_eval.store.merge.MergeIncomplete` naming the missing or incomplete shards."""
+    from oscar_eval.benchmarks import get_benchmark
+    from oscar_eval.store import merge
+    from oscar_eval.store.results import StoreError
+
+    _, shards = merge.check(results, run_id)  # missing shards are named before any benchmark is built
+    args = shards[0][0].get("benchmark_args")
+    if not isinstance(args, dict):
+        raise StoreError(f"run {run_id}: its shard manifests have no benchmark_args (not written by a sharded run)")
+    bench = get_benchmark(args["name"], data_dir=args["data_dir"], subsets=args.get("subsets"),
+                          **(args.get("options") or {}))
+    return merge.merge(results, run_id, bench.summarize)
+
+
 def _finish_shard(plan: _Plan, run: Any, header: dict) -> dict:
     """After this shard's items: merge when every shard is complete (this one finished last), else say
     which are still running. Returns the merged summary, or this shard's own (not written to disk)."""
-    from oscar_eval import merge
+    from oscar_eval.store import merge
 
     store = run.store
     try:

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from oscar_eval.errors import UserError
-from oscar_eval.results import RunLocked, RunStore, StoreError, make_run_id
-from oscar_eval.run_identity import differences, static_config
+from oscar_eval.store.results import RunLocked, RunStore, StoreError, make_run_id
+from oscar_eval.store.run_identity import differences, static_config
 
 
 @dataclass

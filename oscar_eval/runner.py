@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from oscar_eval.benchmarks.base import Item, ItemError
-from oscar_eval.results import RunStore
+from oscar_eval.store.results import RunStore
 
 
 def one_line(exc: BaseException) -> str:

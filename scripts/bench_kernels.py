@@ -8,9 +8,10 @@
    counted), decode attention against the float32 reference on the same packed data (batch 1 and 8,
    contexts 1K+37, 32K, 128K, the Qwen3-8B and Llama-3.1-8B head layouts), CUDA-graph replay with
    changed device-side lengths;
-3. timing (CUDA graphs, inputs rotated so that the working set exceeds the L2): decode attention vs
-   cuDNN / flash SDPA in BF16 at batch 1 over contexts and at 4K over batches; pack (prefill of 32K
-   tokens) and one 128-token flush.
+3. timing (oscar_eval.speed.timing: CUDA graphs of 20 calls, 25 synchronised replays, median per
+   call; inputs rotated so that the working set exceeds the L2): decode attention vs cuDNN / flash
+   SDPA in BF16 at batch 1 over contexts and at 4K over batches; pack (prefill of 32K tokens) and one
+   128-token flush.
 
 Full JSON goes to ``$OUT/bench_kernels.json`` (when ``$OUT`` is set) and to ``--out-dir``.
 """
@@ -22,8 +23,6 @@ import datetime as dt
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,51 +36,21 @@ from oscar_core import kernels as K  # noqa: E402
 from oscar_core.hadamard import hadamard_transform  # noqa: E402
 from oscar_core.kernels.layout import block_bytes_to_codes, meta_fp16  # noqa: E402
 from oscar_core.methods.oscar import OScaRSpec  # noqa: E402
+from oscar_eval.provenance import environment, git_dirty  # noqa: E402
+from oscar_eval.speed.timing import copy_bandwidth_gbps, time_fn  # noqa: E402
 
 ARCHS = {"qwen3-8b": (32, 8), "llama-3.1-8b": (32, 8)}
 D = 128
 L2_ROTATE_BYTES = 256 << 20
 MAX_SETS = 64
-
-
-def sh(cmd: list[str]) -> str:
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
-    except Exception as exc:  # tool missing
-        return f"unavailable ({type(exc).__name__})"
+COPY_BYTES = 4 << 30  # the roofline copy: 4 GiB read + 4 GiB written
 
 
 def provenance() -> dict:
-    smi = sh(
-        [
-            "nvidia-smi",
-            "--query-gpu=name,driver_version,clocks.sm,clocks.mem,clocks.max.sm,power.draw,temperature.gpu",
-            "--format=csv,noheader",
-        ]
-    )
-    commit = sh(["git", "-C", str(ROOT), "rev-parse", "--verify", "-q", "HEAD"])
-    if len(commit) != 40:
-        commit = (
-            os.environ.get("GIT_COMMIT", "") or "none (repository without commits; uncommitted working tree)"
-        )
-    dirty = sh(["git", "-C", str(ROOT), "status", "--porcelain", "--", "csrc", "oscar_core/kernels"])
-    props = torch.cuda.get_device_properties(0)
-    return {
-        "gpu": torch.cuda.get_device_name(0),
-        "nvidia_smi": smi,
-        "sm_count": props.multi_processor_count,
-        "l2_bytes": getattr(props, "L2_cache_size", None),
-        "capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
-        "cuda": torch.version.cuda,
-        "torch": torch.__version__,
-        "cudnn": torch.backends.cudnn.version(),
-        "nvcc": sh(["nvcc", "--version"]).splitlines()[-1:] or [""],
-        "python": platform.python_version(),
-        "git_commit": commit,
-        "kernel_defines": os.environ.get("OSCAR_KERNELS_DEFINES", ""),
-        "kernel_sources_dirty": bool(dirty and not dirty.startswith("unavailable")),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
+    """The one collector's environment (oscar_eval.provenance) and whether the kernel sources
+    (csrc, oscar_core/kernels, untracked files included) differ from the commit."""
+    dirty = git_dirty(ROOT, ("csrc", "oscar_core/kernels"), untracked=True)
+    return {**environment(), "kernel_sources_dirty": bool(dirty)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -89,70 +58,18 @@ def provenance() -> dict:
 # --------------------------------------------------------------------------------------------------
 
 
-def time_graph(fns: list, reps_per_graph: int = 20, replays: int = 25, warmup: int = 3) -> dict:
-    """Capture ``reps_per_graph`` calls cycling over ``fns`` in one CUDA graph; per-call us stats."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for f in fns[: min(len(fns), 3)]:
-            f()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    try:
-        with torch.cuda.graph(graph):
-            for i in range(reps_per_graph):
-                fns[i % len(fns)]()
-        mode = "graph"
-    except Exception as exc:  # not capturable: time eagerly
-        print(f"  graph capture failed ({type(exc).__name__}: {str(exc)[:120]}); timing eagerly")
-        graph = None
-        mode = "eager"
-    times = []
-    for r in range(warmup + replays):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        if graph is not None:
-            graph.replay()
-        else:
-            for i in range(reps_per_graph):
-                fns[i % len(fns)]()
-        b.record()
-        b.synchronize()
-        if r >= warmup:
-            times.append(a.elapsed_time(b) * 1000.0 / reps_per_graph)
-    times.sort()
-    return {
-        "median_us": times[len(times) // 2],
-        "min_us": times[0],
-        "max_us": times[-1],
-        "timing": mode,
-        "calls_per_graph": reps_per_graph,
-        "replays": replays,
-    }
+def time_graph(fns: list, reps_per_graph: int = 20, replays: int = 25) -> dict:
+    """``reps_per_graph`` calls cycling over ``fns`` captured in one CUDA graph, timed by
+    oscar_eval.speed.timing.time_fn: ``replays`` replays, each synchronised; per-call us stats."""
 
+    def cycle() -> None:
+        for i in range(reps_per_graph):
+            fns[i % len(fns)]()
 
-def copy_bandwidth() -> dict:
-    n = 4 << 30
-    a = torch.empty(n, dtype=torch.uint8, device="cuda")
-    a.random_(0, 255)
-    b = torch.empty_like(a)
-    for _ in range(3):
-        b.copy_(a)
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(10):
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        b.copy_(a)
-        e1.record()
-        e1.synchronize()
-        times.append(e0.elapsed_time(e1) / 1000.0)
-    times.sort()
-    t = times[len(times) // 2]
-    del a, b
-    torch.cuda.empty_cache()
-    return {"bytes": 2 * n, "median_s": t, "gbps": 2 * n / t / 1e9}
+    t = time_fn(cycle, calls=reps_per_graph, warmup=1, min_reps=replays, max_reps=replays, sync_each=True)
+    if t.graph_error:
+        print(f"  graph capture failed ({t.graph_error[:160]}); timed eagerly")
+    return t.as_row()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -508,7 +425,7 @@ def main() -> int:
         for n, h, t in ((1, 8, 4096), (2, 8, 1024)):
             p = check_pack(gen, n, h, t, "qwen3-8b")
             print(f"pack {p['shape']}: keys {p['keys']}, values {p['values']}")
-        bw = copy_bandwidth()["gbps"]
+        bw = copy_bandwidth_gbps(COPY_BYTES)["gbps"]
         for name, (b, t) in {"prefill_32k": (1, 32768), "flush_128_b1": (1, 128), "flush_128_b8": (8, 128)}.items():
             p = bench_pack(gen, b, t, bw)
             print(f"pack {name}: keys {p['keys']['median_us']:.1f} us ({p['keys']['roofline_fraction']:.2f}), "
@@ -535,7 +452,7 @@ def main() -> int:
     if not ok:
         return 3
     gen = torch.Generator(device="cuda").manual_seed(1234)
-    bw = copy_bandwidth()
+    bw = copy_bandwidth_gbps(COPY_BYTES)
     print(f"copy bandwidth: {bw['gbps']:.0f} GB/s")
     result: dict = {
         "schema": 1,

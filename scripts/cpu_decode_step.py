@@ -16,13 +16,9 @@ loader into ``--converted``, then loaded from there). RotateKV runs with ``calib
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import platform
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import oscar_core as oc  # noqa: E402
+from oscar_eval.provenance import environment, sha256_files  # noqa: E402
+from oscar_eval.speed.timing import host_call_us  # noqa: E402
 
 METHODS = ["oscar", "kivi", "quarot", "ott", "rotatekv", "turboquant+", "turboquant"]
 OVERRIDES = {"rotatekv": {"calibration": "identity"}}
@@ -55,11 +53,10 @@ def load_model(path: Path, converted: Path):
 
 
 def step(model, cache, token: torch.Tensor, length: int) -> tuple[float, torch.Tensor]:
+    """One decode step: (seconds on the host clock, oscar_eval.speed.timing.host_call_us; next token)."""
     mask = torch.ones(1, length + 1, dtype=torch.long)
-    t0 = time.perf_counter()
-    out = model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
-    elapsed = time.perf_counter() - t0
-    return elapsed, out.logits[:, -1:].argmax(-1)
+    us, out = host_call_us(lambda: model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True))
+    return us * 1e-6, out.logits[:, -1:].argmax(-1)
 
 
 def set_blockwise(cache, on: bool) -> None:
@@ -75,25 +72,10 @@ def prefill(model, cache, ids: torch.Tensor) -> torch.Tensor:
 
 
 def provenance(args, model_path: Path) -> dict:
-    def git(*cmd):
-        try:
-            return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    import transformers
-
+    """The one collector's environment (oscar_eval.provenance) plus this run's model and settings."""
     weights = sorted(model_path.glob("*.safetensors")) if model_path.is_dir() else [model_path]
-    digest = hashlib.sha256()
-    for w in weights:
-        with open(w, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
     return {
-        "commit": git("rev-parse", "HEAD"), "working_tree_dirty": bool(git("status", "--porcelain")),
-        "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-        "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-        "model": str(args.model), "weights_sha256": digest.hexdigest(), "dtype": "float32",
+        **environment(), "model": str(args.model), "weights_sha256": sha256_files(weights), "dtype": "float32",
         "context": args.context, "steps": args.steps, "seed": args.seed,
         "note": "2 CPU cores shared with other work: timings are noisy; medians of interleaved steps",
     }

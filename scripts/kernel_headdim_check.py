@@ -9,8 +9,9 @@ Builds the extension (``OSCAR_KERNELS_VERBOSE=1`` shows ptxas), then for each he
   reference quantizer, bit for bit (mismatching bytes counted; norms' max abs error);
 * decode: split-KV + combine over the packed cache plus a 100-token window against the float32
   reference on the same packed data (max abs error, max abs error / max |ref|, relative L2 error);
-* timing: CUDA events around each call, median of ``--iters`` calls, the inputs cycled over enough
-  copies that the working set exceeds the L2 (decode; pack inputs are larger than the L2 already).
+* timing (oscar_eval.speed.timing): CUDA events around each call (each synchronised), median of
+  ``--iters`` calls, the inputs cycled over enough copies that the working set exceeds the L2
+  (decode; pack inputs are larger than the L2 already).
 
 Prints one table and writes the JSON to ``--out``. Exit status 1 if the kernels do not build or any
 check fails (a pack byte differs, or a decode error above ``--max-rel-l2``).
@@ -19,9 +20,8 @@ check fails (a pack byte differs, or a decode error above ``--max-rel-l2``).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,6 +34,8 @@ sys.path.insert(0, str(ROOT))
 from oscar_core import kernels as K  # noqa: E402
 from oscar_core.hadamard import hadamard_transform  # noqa: E402
 from oscar_core.methods.oscar import OScaRSpec  # noqa: E402
+from oscar_eval.provenance import environment  # noqa: E402
+from oscar_eval.speed.timing import time_fn  # noqa: E402
 
 HEAD_DIMS = (64, 128, 256)
 SHAPES = ((1, 32768), (8, 4096))  # (batch, context tokens)
@@ -42,19 +44,12 @@ L2_CYCLE_BYTES = 256 << 20  # decode inputs are cycled until this many bytes are
 
 
 def time_ms(calls: list, iters: int) -> float:
-    """Median over ``iters`` CUDA-event-timed calls (after warm-up), cycling through ``calls``."""
-    for c in calls[:3]:
-        c()
-    torch.cuda.synchronize()
-    times = []
-    for i in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        calls[i % len(calls)]()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    """Median ms over ``iters`` CUDA-event-timed calls, each synchronised, cycling through ``calls``
+    (oscar_eval.speed.timing.time_fn, eager; warm-up: the first three calls)."""
+    nxt = itertools.cycle(calls)
+    t = time_fn(lambda: next(nxt)(), warmup=min(3, len(calls)), min_reps=iters, max_reps=iters,
+                use_graph=False, sync_each=True)
+    return t.median_us / 1e3
 
 
 def check_pack(d: int, batch: int, tokens: int, gen: torch.Generator) -> tuple[dict, torch.Tensor, torch.Tensor]:
@@ -128,6 +123,8 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=50, help="timed calls per measurement (median reported)")
     ap.add_argument("--max-rel-l2", type=float, default=1e-2, help="decode error bound against the fp32 reference")
     args = ap.parse_args()
+    if args.iters < 1:
+        ap.error(f"--iters must be at least 1, got {args.iters}")
     if not torch.cuda.is_available():
         print("needs a CUDA device", file=sys.stderr)
         return 1
@@ -157,12 +154,8 @@ def main() -> int:
               f"{r['pack_values_ms']:9.3f} {bad:>9} | {r['decode_ms'] * 1e3:9.1f} {r['decode_gbps']:6.0f} "
               f"{r['decode_max_abs_err']:9.2e} {r['decode_max_rel_err']:9.2e} {r['decode_rel_l2_err']:9.2e} | "
               f"{'yes' if good else 'NO'}")
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     result = {
-        "gpu": torch.cuda.get_device_name(0),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "git_commit": commit.strip(),
+        "env": environment(),
         "iters": args.iters,
         "build_or_load_s": build_s,
         "max_rel_l2": args.max_rel_l2,

@@ -84,7 +84,7 @@ MUTATIONS = [
              "oscar_core/quant.py", "s16 = ((mx16 - mn16).float() / float(qmax)).half()",
              "s16 = ((mx16.float() - mn16.float()) / float(qmax)).half()", ("tests/core/test_core_quant.py",)),
     Mutation("failed-counts-done", "--resume counts failed items as done (never retried)",
-             "oscar_eval/results.py", 'if r.get("status") == "ok"}', 'if r.get("status") in ("ok", "failed")}',
+             "oscar_eval/store/results.py", 'if r.get("status") == "ok"}', 'if r.get("status") in ("ok", "failed")}',
              ("tests/eval/test_run_identity.py", "tests/eval/test_results_store.py")),
 ]
 

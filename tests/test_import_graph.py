@@ -146,6 +146,29 @@ def test_oscar_eval_has_no_import_cycle():
     assert cycles(import_graph(), "oscar_eval") == set()
 
 
+def reachable(graph: dict[str, set[str]], start: list[str]) -> set[str]:
+    """Every module that the ``start`` modules import, directly or through others."""
+    seen: set[str] = set()
+    todo = list(start)
+    while todo:
+        for dep in graph[todo.pop()]:
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+def test_the_store_knows_nothing_of_benchmarks():
+    # DESIGN.md: the results store sits below the benchmarks (the API hands it their summarize)
+    graph = import_graph()
+    store = [n for n in graph if n.startswith("oscar_eval.store.")]
+    assert {"oscar_eval.store.results", "oscar_eval.store.merge", "oscar_eval.store.sharding",
+            "oscar_eval.store.run_identity"} <= set(store)
+    above = ("oscar_eval.benchmarks", "oscar_eval.scoring", "oscar_eval.api", "oscar_eval.commands",
+             "oscar_eval.cli", "oscar_eval.run_setup", "oscar_eval.runner", "oscar_eval.models")
+    assert {m for m in reachable(graph, store) if m.startswith(above)} == set()
+
+
 def test_cycle_finder_finds_a_cycle_and_nothing_else():
     graph = {"p.a": {"p.b"}, "p.b": {"p.c"}, "p.c": {"p.a"}, "p.d": {"p.a"}, "q.x": {"p.a"}}
     assert cycles(graph, "p") == {("p.a", "p.b", "p.c")}

@@ -24,13 +24,21 @@ of each (token, channel) code; the CUDA pack kernel uses the same formula.
 
 The head dim is read off the tensors (a block's last axis is ``12 * D`` bytes); the functions that
 take no tensor take ``head_dim`` (default 128).
+
+The containers :class:`KernelKeys` / :class:`KernelValues` hold packed blocks; :func:`from_reference_blocks`
+/ :func:`to_reference_blocks` convert between them and the reference Block dicts of
+:class:`oscar_core.methods.oscar.OScaRSpec` (or, with ``method="kivi"``, :class:`oscar_core.methods.kivi.KIVISpec`),
+bit for bit.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
+
+from oscar_core.quant import pack_codes, unpack_codes
 
 #: Head dims the kernels are compiled for (SmolLM2 / Qwen2.5-0.5B: 64, Llama / Qwen2.5-1.5B: 128, Gemma 3: 256).
 HEAD_DIMS = (64, 128, 256)
@@ -157,3 +165,195 @@ def meta_fp16(data: torch.Tensor, keys: bool) -> tuple[torch.Tensor, torch.Tenso
     scale = data[..., off : off + 2 * d].contiguous().view(torch.float16)[..., inv]
     zz = data[..., off + 2 * d : off + 4 * d].contiguous().view(torch.float16)[..., inv]
     return scale, zz
+
+
+# -------------------------------------------------------------------------------------------------
+# Packed containers
+# -------------------------------------------------------------------------------------------------
+
+
+ZERO_POINTS = ("integer", "float")
+
+
+@dataclass
+class KernelValues:
+    """Packed values: ``data`` uint8 ``[N, H, G, 12 D]`` (1536 bytes for head dim 128). ``zero_point``:
+    ``"integer"`` (OScaR, stored ``1024 + z``) or ``"float"`` (KIVI's group minimum ``mn``, stored as is)."""
+
+    data: torch.Tensor
+    zero_point: str = field(default="integer", kw_only=True)
+
+    def __post_init__(self) -> None:
+        if self.zero_point not in ZERO_POINTS:
+            raise ValueError(f"zero_point must be one of {ZERO_POINTS}, got {self.zero_point!r}")
+
+    @property
+    def num_tokens(self) -> int:
+        return self.data.shape[2] * GROUP
+
+    @property
+    def head_dim(self) -> int:
+        return head_dim_of_block(self.data, "packed data")
+
+    def copy_into(self, dst: KernelValues, token_start: int) -> None:
+        """Write these tokens into a larger (capacity) buffer at ``token_start`` (a multiple of 32)."""
+        if token_start % GROUP:
+            raise ValueError(f"token_start {token_start} is not a multiple of {GROUP}")
+        g0, n = token_start // GROUP, self.data.shape[2]
+        dst.data[:, :, g0 : g0 + n].copy_(self.data)
+
+
+@dataclass
+class KernelKeys(KernelValues):
+    """Packed keys: the values' layout plus OScaR's token norms ``norm`` fp32 ``[N, >= G*32]`` (None: no
+    token scaling, KIVI) and whether the decode rotates the query (OScaR's keys are Hadamard-rotated)."""
+
+    norm: torch.Tensor | None = None
+    rotate_query: bool = field(default=True, kw_only=True)
+
+    def copy_into(self, dst: KernelKeys, token_start: int) -> None:
+        super().copy_into(dst, token_start)
+        if self.norm is not None and dst.norm is not None:
+            n = self.num_tokens
+            dst.norm[:, token_start : token_start + n].copy_(self.norm[:, :n])
+
+
+_FORMATS = {"oscar": ("integer", True), "kivi": ("float", False)}  # method -> (zero point, norms + rotation)
+
+
+def _format(method: str) -> tuple[str, bool]:
+    if method not in _FORMATS:
+        raise ValueError(f"the kernel layout serves {', '.join(_FORMATS)}, not {method!r}")
+    return _FORMATS[method]
+
+
+def alloc_keys(batch: int, kv_heads: int, capacity: int, device: torch.device | str, method: str = "oscar",
+               *, head_dim: int = HEAD_DIM) -> KernelKeys:
+    """A zeroed capacity buffer for ``capacity`` tokens (rounded up to 32); OScaR's norms start at 1."""
+    zp, scaled = _format(method)
+    g = -(-capacity // GROUP)
+    norm = torch.ones(batch, g * GROUP, dtype=torch.float32, device=device) if scaled else None
+    data = torch.zeros(batch, kv_heads, g, block_bytes(head_dim), dtype=torch.uint8, device=device)
+    return KernelKeys(data, norm, zero_point=zp, rotate_query=scaled)
+
+
+def alloc_values(batch: int, kv_heads: int, capacity: int, device: torch.device | str, method: str = "oscar",
+                 *, head_dim: int = HEAD_DIM) -> KernelValues:
+    g = -(-capacity // GROUP)
+    return KernelValues(torch.zeros(batch, kv_heads, g, block_bytes(head_dim), dtype=torch.uint8, device=device),
+                        zero_point=_format(method)[0])
+
+
+# -------------------------------------------------------------------------------------------------
+# Converters between reference Block dicts and the kernel layout
+# -------------------------------------------------------------------------------------------------
+
+
+def _keys_ref_to_data(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, zero_point: str
+                      ) -> torch.Tensor:
+    n, h, g, d, _ = codes.shape
+    c = unpack_codes(codes, 2)  # [N, H, G, D, 32] (channel, token)
+    tc = c.transpose(-1, -2)  # [N, H, G, 32, D]
+    off = code_bytes(d)
+    out = torch.empty(n, h, g, block_bytes(d), dtype=torch.uint8, device=codes.device)
+    out[..., :off] = codes_to_block_bytes(tc, keys=True)
+    out[..., off : off + 2 * d] = meta_to_stored(scale, True).contiguous().view(torch.uint8)
+    out[..., off + 2 * d :] = meta_to_stored(_bias_zero(zero, zero_point), True).contiguous().view(torch.uint8)
+    return out
+
+
+def _bias_zero(zero: torch.Tensor, zero_point: str) -> torch.Tensor:
+    """Reference fp16 zero -> stored fp16: ``1024 + z`` for the integer zero point (exact: the scale floor
+    keeps |z| <= 1024), KIVI's minimum ``mn`` unchanged."""
+    return (zero.float() + ZERO_BIAS).half() if zero_point == "integer" else zero.half()
+
+
+def _unbias_zero(zz: torch.Tensor, zero_point: str) -> torch.Tensor:
+    return (zz.float() - ZERO_BIAS).half() if zero_point == "integer" else zz
+
+
+def _values_ref_to_data(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, zero_point: str
+                        ) -> torch.Tensor:
+    n, h, t, ng, _ = codes.shape
+    g, d = t // GROUP, ng * GROUP
+    c = unpack_codes(codes, 2).reshape(n, h, g, GROUP, d)  # (token, channel)
+    off = code_bytes(d)
+    out = torch.empty(n, h, g, block_bytes(d), dtype=torch.uint8, device=codes.device)
+    out[..., :off] = codes_to_block_bytes(c, keys=False)
+    s = scale.reshape(n, h, g, GROUP, ng).transpose(-1, -2).contiguous()  # [.., D/32 groups, 32 tokens]
+    z = _bias_zero(zero, zero_point).reshape(n, h, g, GROUP, ng).transpose(-1, -2).contiguous()
+    out[..., off : off + 2 * d] = meta_to_stored(s.view(n, h, g, -1), False).contiguous().view(torch.uint8)
+    out[..., off + 2 * d :] = meta_to_stored(z.view(n, h, g, -1), False).contiguous().view(torch.uint8)
+    return out
+
+
+def from_reference_blocks(
+    key_block: dict[str, torch.Tensor] | None,
+    value_block: dict[str, torch.Tensor] | None,
+    *,
+    method: str = "oscar",
+) -> tuple[KernelKeys | None, KernelValues | None]:
+    """Reference blocks (``OScaRSpec().encode_keys`` / ``encode_values``, or KIVI's with
+    ``method="kivi"``) -> kernel layout.
+
+    Key block: ``codes`` uint8 ``[N, H, T/32, D, 8]``, ``scale``/``zero`` fp16 ``[N, H, T/32, D]``,
+    and for OScaR ``norm`` fp32 ``[N, T]``. Value block: ``codes`` ``[N, H, T, D/32, 8]``,
+    ``scale``/``zero`` ``[N, H, T, D/32]``. ``D`` in :data:`HEAD_DIMS`. Either may be None.
+    """
+    zp, scaled = _format(method)
+    keys = values = None
+    if key_block is not None:
+        codes = key_block["codes"]
+        if codes.dim() != 5 or codes.shape[-2] not in HEAD_DIMS or codes.shape[-1] != GROUP // 4:
+            raise ValueError(f"key codes must be [N, H, T/32, D, 8] with D in {HEAD_DIMS}, got {tuple(codes.shape)}")
+        if scaled and "norm" not in key_block:
+            raise ValueError("the key block has no 'norm': OScaR's kernel layout needs the token scaling")
+        if not scaled and "norm" in key_block:
+            raise ValueError(f"a {method} key block has no token norm; this one has (an OScaR block?)")
+        data = _keys_ref_to_data(codes, key_block["scale"], key_block["zero"], zp)
+        norm = key_block["norm"].float().contiguous() if scaled else None
+        keys = KernelKeys(data, norm, zero_point=zp, rotate_query=scaled)
+    if value_block is not None:
+        codes = value_block["codes"]
+        if (codes.dim() != 5 or codes.shape[-2] * GROUP not in HEAD_DIMS or codes.shape[-1] != GROUP // 4
+                or codes.shape[2] % GROUP):
+            raise ValueError(
+                f"value codes must be [N, H, T, D/32, 8] with D in {HEAD_DIMS} and T % 32 == 0, "
+                f"got {tuple(codes.shape)}"
+            )
+        values = KernelValues(_values_ref_to_data(codes, value_block["scale"], value_block["zero"], zp),
+                              zero_point=zp)
+    return keys, values
+
+
+def to_reference_blocks(
+    keys: KernelKeys | None, values: KernelValues | None
+) -> tuple[dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None]:
+    """Inverse of :func:`from_reference_blocks` (bit for bit)."""
+    kb = vb = None
+    if keys is not None:
+        d = keys.data
+        n, h, g, _ = d.shape
+        tc = block_bytes_to_codes(d[..., : code_bytes(keys.head_dim)], keys=True)  # [N, H, G, 32, D]
+        scale, zz = meta_fp16(d, True)
+        kb = {
+            "codes": pack_codes(tc.transpose(-1, -2).contiguous(), 2),
+            "scale": scale,
+            "zero": _unbias_zero(zz, keys.zero_point),
+        }
+        if keys.norm is not None:
+            kb["norm"] = keys.norm[:, : g * GROUP].contiguous()
+    if values is not None:
+        d = values.data
+        n, h, g, _ = d.shape
+        ng = values.head_dim // GROUP
+        tc = block_bytes_to_codes(d[..., : code_bytes(values.head_dim)], keys=False)  # [N, H, G, 32, D]
+        codes = tc.reshape(n, h, g * GROUP, ng, GROUP)
+        scale, zz = meta_fp16(d, False)  # [N, H, G, D/32 * 32]
+        zero = _unbias_zero(zz, values.zero_point)
+        vb = {
+            "codes": pack_codes(codes, 2),
+            "scale": scale.view(n, h, g, ng, GROUP).transpose(-1, -2).reshape(n, h, g * GROUP, ng).contiguous(),
+            "zero": zero.view(n, h, g, ng, GROUP).transpose(-1, -2).reshape(n, h, g * GROUP, ng).contiguous(),
+        }
+    return kb, vb

@@ -124,7 +124,7 @@ def cross_check(run_dir: str | Path, work_dir: str | Path | None = None) -> dict
     from vlmeval.dataset import OCRBench as VLMEvalOCRBench
     from vlmeval.smp import dump
 
-    from oscar_eval.results import RunStore
+    from oscar_eval.store.results import RunStore
 
     run_dir = Path(run_dir)
     store = RunStore(run_dir.parent.parent, run_dir.name)

@@ -6,10 +6,11 @@ import os
 from pathlib import Path
 
 from oscar_eval.benchmarks.base import Benchmark, Item, ItemError
+from oscar_eval.benchmarks.options import Option
 from oscar_eval.errors import UserError
 
-__all__ = ["BENCHMARKS", "Benchmark", "Item", "ItemError", "benchmark_key", "get_benchmark", "list_benchmarks",
-           "load_task_config", "tasks_dir"]
+__all__ = ["BENCHMARKS", "Benchmark", "Item", "ItemError", "Option", "benchmark_class", "benchmark_key",
+           "get_benchmark", "list_benchmarks", "load_task_config", "options_of", "tasks_dir"]
 
 # name -> (module, class, one-line description, status)
 BENCHMARKS: dict[str, tuple[str, str, str, str]] = {
@@ -56,11 +57,21 @@ def benchmark_key(name: str) -> str:
     return key
 
 
-def get_benchmark(name: str, **kwargs) -> Benchmark:
+def benchmark_class(name: str) -> type:
+    """The class of benchmark ``name`` (or an alias); unknown or not implemented yet: a UserError."""
     key = benchmark_key(name)
     module_name, cls_name, _, status = BENCHMARKS[key]
     if status != "available":
         raise UserError(f"benchmark {key!r} is not implemented yet")
     import importlib
 
-    return getattr(importlib.import_module(module_name), cls_name)(**kwargs)
+    return getattr(importlib.import_module(module_name), cls_name)
+
+
+def options_of(name: str) -> tuple[Option, ...]:
+    """The options benchmark ``name`` declares (its class's ``options``: constructor keywords)."""
+    return tuple(getattr(benchmark_class(name), "options", ()))
+
+
+def get_benchmark(name: str, **kwargs) -> Benchmark:
+    return benchmark_class(name)(**kwargs)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from oscar_eval.benchmarks.options import Option
+
 
 @dataclass
 class Item:
@@ -44,6 +46,7 @@ class ItemError:
 class Benchmark(Protocol):
     name: str
     kind: str  # "text" | "vision" | "audio"
+    options: tuple[Option, ...]  # its own options: constructor keywords, `oscar-eval run` flags
 
     def subsets(self) -> list[str]: ...
 

@@ -22,6 +22,7 @@ class LongBenchE:
 
     name = "longbench_e"
     kind = "text"
+    options = ()  # none of its own (the options of every benchmark: --subsets, --limit, ...)
 
     def __init__(self, data_dir: str | Path | None = None, subsets: list[str] | None = None,
                  config: dict | None = None) -> None:

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from oscar_eval.benchmarks.base import Item, ItemError
+from oscar_eval.benchmarks.options import Option
 from oscar_eval.errors import UserError
+from oscar_eval.judge import DEFAULT_JUDGE
 from oscar_eval.scoring import mmau_pro as mp
 
 GROUPS = ("open", "instruction_following", "closed")
@@ -55,6 +57,12 @@ def build_prompt(question: str, choices: list[str], group: str) -> str:
 class MMAUPro:
     name = "mmau_pro"
     kind = "audio"
+    options = (
+        Option("judge_model", "local judge model for open-ended answers", metavar="PATH",
+               default=f"{DEFAULT_JUDGE} from the local Hugging Face cache"),
+        Option("judge_cache", "folder of cached raw judge outputs", metavar="DIR", default="<results>/judge_cache",
+               in_results="judge_cache"),
+    )
 
     def __init__(self, data_dir: str | Path | None = None, subsets: list[str] | None = None,
                  judge_model: str | Path | None = None, judge_cache: str | Path | None = None,
@@ -96,8 +104,8 @@ class MMAUPro:
 
     @staticmethod
     def smoke_configuration() -> dict:
-        """Tiny random Qwen3-Omni + generated fixture + stand-in judge (oscar_eval.smoke_mmau)."""
-        from oscar_eval.smoke_mmau import smoke_configuration
+        """Tiny random Qwen3-Omni + generated fixture + stand-in judge (oscar_eval.smoke.mmau)."""
+        from oscar_eval.smoke.mmau import smoke_configuration
 
         return smoke_configuration()
 
@@ -237,7 +245,7 @@ class MMAUPro:
         """(judge or None, error message or None); the judge's weights load only on a cache miss."""
         if self._judge is not None:
             return self._judge, None
-        from oscar_eval.judge import DEFAULT_JUDGE, LocalHFJudge
+        from oscar_eval.judge import LocalHFJudge
 
         ref = self._judge_model or DEFAULT_JUDGE
         judge = LocalHFJudge(ref)

@@ -39,6 +39,7 @@ from typing import Any
 
 from oscar_eval.benchmarks import load_task_config
 from oscar_eval.benchmarks.base import Item, ItemError
+from oscar_eval.benchmarks.options import Option
 from oscar_eval.errors import UserError
 from oscar_eval.scoring.cells import cell_means
 from oscar_eval.token_counts import parse_contexts
@@ -137,6 +138,14 @@ class NeedleInAHaystack:
 
     name = "niah"
     kind = "text"
+    options = (
+        Option("contexts", "context lengths in tokens, comma-separated (or --subsets); 1k = 1024 tokens in every "
+               "command (NIAH's 42K is 42000)", metavar="LIST", default="tasks/niah.yaml"),
+        Option("depths", "N needle depths evenly spaced from 0% to 100%", type=int, metavar="N",
+               default="tasks/niah.yaml"),
+        Option("haystack", "haystack text file", metavar="FILE",
+               default="the .txt files of --data-dir; with --model alone, the Python standard library's docstrings"),
+    )
 
     def __init__(self, data_dir: str | Path | None = None, subsets: Sequence[str] | None = None,
                  contexts: Any = None, depths: int | None = None, haystack: str | Path | None = None,

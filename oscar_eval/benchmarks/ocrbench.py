@@ -148,6 +148,7 @@ class OCRBench:
 
     name = "ocrbench"
     kind = "vision"
+    options = ()  # none of its own (the options of every benchmark: --subsets, --limit, ...)
 
     def __init__(self, data_dir: str | Path | None = None, subsets: list[str] | None = None,
                  max_new_tokens: int = MAX_NEW_TOKENS) -> None:

@@ -44,6 +44,7 @@ from typing import Any
 
 from oscar_eval.benchmarks import load_task_config
 from oscar_eval.benchmarks.base import Item, ItemError
+from oscar_eval.benchmarks.options import Option
 from oscar_eval.benchmarks.stdlib_text import module_file, module_text
 from oscar_eval.errors import UserError
 
@@ -169,6 +170,14 @@ class Perplexity:
 
     name = "ppl"
     kind = "ppl"
+    options = (
+        Option("text", 'documents (a .jsonl file: one {"text": ...} per line; any other file: one document)',
+               nargs="+", metavar="FILE", default="built from the Python standard library's docstrings"),
+        Option("prompt_tokens", "prompt tokens attended in full precision", type=int, metavar="P",
+               default="tasks/ppl.yaml"),
+        Option("scored_tokens", "continuation tokens scored per document, teacher-forced through the cache",
+               type=int, metavar="N", default="tasks/ppl.yaml"),
+    )
 
     def __init__(self, data_dir: str | Path | None = None, subsets: Sequence[str] | None = None,
                  text: str | Path | Sequence[str | Path] | None = None, prompt_tokens: int | None = None,

@@ -43,6 +43,7 @@ from typing import Any
 from oscar_eval.benchmarks import load_task_config
 from oscar_eval.benchmarks import ruler_tasks as rt
 from oscar_eval.benchmarks.base import Item, ItemError
+from oscar_eval.benchmarks.options import Option
 from oscar_eval.benchmarks.stdlib_text import PROSE_MODULES as STDLIB_MODULES
 from oscar_eval.errors import UserError
 from oscar_eval.scoring import ruler as scoring
@@ -88,6 +89,15 @@ class Ruler:
 
     name = "ruler"
     kind = "text"
+    options = (
+        Option("contexts", "context lengths in tokens, comma-separated; 1k = 1024 tokens in every command "
+               "(RULER's 4k = 4096)", metavar="LIST", default="tasks/ruler.yaml"),
+        Option("haystack", "the essay haystack, a text file or 'stdlib-docstrings' (the Python standard library's "
+               "docstrings, NOT RULER's Paul Graham essays)", metavar="FILE",
+               default="none, and the essay tasks are left out"),
+        Option("tasks", "tasks, comma-separated (or --subsets)", metavar="LIST",
+               default="all but qa_1/qa_2, which need squad.json / hotpotqa.json in --data-dir"),
+    )
     needs_data_dir = False  # items are generated; --data-dir only holds the optional qa files
 
     def __init__(self, data_dir: str | Path | None = None, subsets: Sequence[str] | None = None,

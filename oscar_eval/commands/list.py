@@ -126,8 +126,7 @@ def benchmark_selection(name: str) -> list[str]:
 
 
 def print_benchmarks() -> None:
-    from oscar_eval.benchmarks import ALIASES, list_benchmarks
-    from oscar_eval.commands.run import BENCHMARK_OPTIONS
+    from oscar_eval.benchmarks import ALIASES, list_benchmarks, options_of
 
     print("benchmarks (oscar-eval run NAME; --set is for method parameters only, a benchmark takes the "
           "options shown):")
@@ -137,9 +136,13 @@ def print_benchmarks() -> None:
               + ("" if status == "available" else f"  [{status}]"))
         for line in benchmark_selection(name):
             _wrapped(line)
-        options = sorted(BENCHMARK_OPTIONS.get(name, ())) + (["judge_model", "judge_cache"] if name == "mmau_pro" else [])
-        if options:
-            _wrapped("options: " + ", ".join("--" + o.replace("_", "-") for o in options))
+        options = options_of(name) if status == "available" else ()
+        if options:  # what each benchmark declares (oscar_eval.benchmarks.options), one line per option
+            _wrapped("options: " + ", ".join(o.flag for o in options))
+            for o in options:
+                print(textwrap.fill(f"{o.flag} {o.metavar or o.type.__name__.upper()}"
+                                    + (" ..." if o.nargs == "+" else "") + f": {o.text()}", width=110,
+                                    initial_indent=_INDENT + "  ", subsequent_indent=_INDENT + "    "))
 
 
 def print_models() -> None:

@@ -23,8 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from oscar_eval import merge
-    from oscar_eval.results import RunStore, StoreError
+    from oscar_eval.api import merge_run
+    from oscar_eval.store import merge
+    from oscar_eval.store.results import RunStore, StoreError
 
     runs_dir = Path(args.results) / "runs"
     ids = list(args.run_ids)
@@ -38,7 +39,7 @@ def main(args: argparse.Namespace) -> int:
         if not (runs_dir / run_id).is_dir():
             raise UserError(f"no run {run_id} under {runs_dir}")
         try:
-            summary = merge.merge(args.results, run_id)
+            summary = merge_run(args.results, run_id)
         except merge.MergeIncomplete as exc:
             print(f"oscar-eval merge: {exc}", file=sys.stderr)
             incomplete += 1

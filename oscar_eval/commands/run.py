@@ -7,15 +7,67 @@ import contextlib
 import signal
 import sys
 
+from oscar_eval.benchmarks.options import Option
 from oscar_eval.errors import UserError
 from oscar_eval.paths import RESULTS_DEFAULT, results_root
 
-# Benchmark-specific options of `run`, by the benchmark that accepts them (passed as benchmark_options).
-BENCHMARK_OPTIONS: dict[str, set[str]] = {
-    "niah": {"contexts", "depths", "haystack"},
-    "ruler": {"contexts", "haystack", "tasks"},
-    "ppl": {"text", "prompt_tokens", "scored_tokens"},
-}
+# Each benchmark's own options become flags (oscar_eval.benchmarks.options); parsed under this prefix so
+# that a benchmark's option name never shadows a flag of `run` itself.
+_DEST = "benchmark_option:"
+
+
+def declared_flags() -> dict[str, list[tuple[str, Option]]]:
+    """Every benchmark's own options by flag, each with the benchmarks that declare it (registry order)."""
+    from oscar_eval.benchmarks import BENCHMARKS, options_of
+
+    flags: dict[str, list[tuple[str, Option]]] = {}
+    for key, (_, _, _, status) in BENCHMARKS.items():
+        if status == "available":
+            for opt in options_of(key):
+                flags.setdefault(opt.flag, []).append((key, opt))
+    return flags
+
+
+def _flag_help(declared: list[tuple[str, Option]]) -> str:
+    """``niah, ruler: <help> (default: ...)``; benchmarks that say it differently each get their own part."""
+    by_text: dict[str, list[str]] = {}
+    for key, opt in declared:
+        by_text.setdefault(opt.text(), []).append(key)
+    return "; ".join(f"{', '.join(keys)}: {text}" for text, keys in by_text.items()).replace("%", "%%")
+
+
+def add_benchmark_flags(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("benchmark options", "each only for the benchmarks it names (`oscar-eval list "
+                                                      "benchmarks`); given to another benchmark, an error")
+    for flag, declared in declared_flags().items():
+        (first_key, first), *others = declared
+        if clash := [k for k, o in others if o.parsing() != first.parsing()]:
+            raise ValueError(f"benchmark option {flag}: {first_key} and {', '.join(clash)} declare it with a "
+                             "different type, metavar or nargs; one flag parses one way")
+        # SUPPRESS: a flag not given is absent, so that the benchmark's own default (or its smoke
+        # configuration's) applies, and a flag given to the wrong benchmark can be told apart.
+        group.add_argument(flag, dest=_DEST + first.name, type=first.type, metavar=first.metavar,
+                           nargs=first.nargs, default=argparse.SUPPRESS, help=_flag_help(declared))
+
+
+def given_benchmark_options(args: argparse.Namespace, benchmark: str) -> dict:
+    """The benchmark flags given, by option name; one that ``benchmark`` does not declare is a UserError
+    naming the flag, the benchmark and the benchmarks that take it."""
+    from oscar_eval.benchmarks import benchmark_key, options_of
+
+    key = benchmark_key(benchmark)
+    given, stray = {}, []
+    for flag, declared in declared_flags().items():
+        dest = _DEST + declared[0][1].name
+        if hasattr(args, dest):  # given (a flag not given is absent: SUPPRESS)
+            given[declared[0][1].name] = getattr(args, dest)
+            if key not in (takers := [k for k, _ in declared]):
+                stray.append(f"{flag}: only for " + " or ".join(f"the {k} benchmark" for k in takers))
+    if stray:
+        own = [o.flag for o in options_of(key)]
+        takes = f"{key} takes {', '.join(own)}" if own else f"{key} has no options of its own"
+        raise UserError(f"{'; '.join(stray)}, not {key} ({takes})")
+    return given
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,31 +114,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "when it is among them); json: that comparison and every method's summary as one "
                         "JSON object on stdout, nothing else there (default: text). Each run folder also "
                         "has its summary.json")
-    p.add_argument("--contexts", metavar="LIST",
-                   help="niah, ruler: context lengths in tokens, comma-separated; 1k = 1024 tokens in every "
-                        "command (RULER's 4k = 4096; NIAH's 42K is 42000) (default: tasks/<benchmark>.yaml)")
-    p.add_argument("--depths", type=int, metavar="N",
-                   help="niah: N needle depths evenly spaced from 0%% to 100%% (default: 15)")
-    p.add_argument("--haystack", metavar="FILE",
-                   help="niah: haystack text file (default: the .txt files of --data-dir); ruler: the essay "
-                        "haystack, a text file or 'stdlib-docstrings' (the Python standard library's "
-                        "docstrings, NOT RULER's Paul Graham essays); without it the essay tasks are left out")
-    p.add_argument("--tasks", metavar="LIST",
-                   help="ruler: tasks, comma-separated (default: all but qa_1/qa_2, which need squad.json / "
-                        "hotpotqa.json in --data-dir)")
-    p.add_argument("--text", nargs="+", metavar="FILE",
-                   help="ppl: documents (a .jsonl file: one {\"text\": ...} per line; any other file: one "
-                        "document; default: built from the Python standard library's docstrings)")
-    p.add_argument("--prompt-tokens", type=int, metavar="P",
-                   help="ppl: prompt tokens attended in full precision (default: tasks/ppl.yaml, 512)")
-    p.add_argument("--scored-tokens", type=int, metavar="N",
-                   help="ppl: continuation tokens scored per document, teacher-forced through the cache "
-                        "(default: tasks/ppl.yaml, 256)")
-    p.add_argument("--judge-model", metavar="PATH",
-                   help="mmau_pro: local judge model for open-ended answers (default: Qwen/Qwen2.5-7B-Instruct "
-                        "from the local Hugging Face cache)")
-    p.add_argument("--judge-cache", metavar="DIR",
-                   help="mmau_pro: folder of cached raw judge outputs (default: <results>/judge_cache)")
+    add_benchmark_flags(p)
     p.set_defaults(func=main)
 
 
@@ -98,26 +126,7 @@ def main(args: argparse.Namespace) -> int:
     from oscar_eval.api import parse_overrides, run_benchmark
 
     signal.signal(signal.SIGTERM, _sigterm_to_interrupt)  # records are fsync'ed; stop cleanly
-    from oscar_eval.benchmarks import benchmark_key
-
-    benchmark_key(args.benchmark)  # an unknown benchmark first, before its options are judged
-    bench_options = {k: v for k in sorted(set().union(*BENCHMARK_OPTIONS.values()))
-                     if (v := getattr(args, k, None)) is not None}
-    from oscar_eval.benchmarks import ALIASES
-
-    accepted = BENCHMARK_OPTIONS.get(ALIASES.get(args.benchmark, args.benchmark), set())
-    if stray := [k for k in bench_options if k not in accepted]:
-        users = sorted({b for k in stray for b, opts in BENCHMARK_OPTIONS.items() if k in opts})
-        raise UserError(f"--{', --'.join(k.replace('_', '-') for k in stray)}: only for "
-                        + " or ".join(f"the {u} benchmark" for u in users))
-    if args.benchmark.replace("-", "_") in ("mmau_pro", "mmau"):  # the open-ended judge and its cache
-        from pathlib import Path
-
-        bench_options["judge_cache"] = args.judge_cache or str(Path(args.results) / "judge_cache")
-        if args.judge_model:
-            bench_options["judge_model"] = args.judge_model
-    elif args.judge_model or args.judge_cache:
-        raise UserError("--judge-model/--judge-cache: only for the mmau_pro benchmark")
+    bench_options = given_benchmark_options(args, args.benchmark)  # an unknown benchmark is named first
     from oscar_eval.commands import calibration_dir_of
 
     as_json = args.output == "json"

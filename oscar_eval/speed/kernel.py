@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from oscar_eval.speed import plan as pl
 from oscar_eval.speed import roofline as rf
 from oscar_eval.speed.case import Case, Unavailable
+from oscar_eval.speed.timing import burst_us
 
 
 def _nbytes(*ts: torch.Tensor) -> int:
@@ -51,22 +52,11 @@ def _sdpa_backend(name: str):
             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[name]
 
 
-def _probe_us(fn: Callable[[], Any], n: int = 5) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(n):
-        fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) * 1e3 / n
-
-
 def build_bf16_sdpa(backend: str, batch: int, context: int, s: pl.Shape, device) -> Case:
     """PyTorch SDPA on a preallocated BF16 cache, one backend forced.
 
-    Two query layouts are tried and the faster kept (the row's ``layout``): ``fold`` (the GQA group
+    Two query layouts are tried (mean of 5 calls after one, ``timing.burst_us``: the row's
+    ``layout_probe_us``) and the faster kept (the row's ``layout``): ``fold`` (the GQA group
     as query rows, ``[B, H_kv, G, D]``) and ``gqa`` (``[B, H_q, 1, D]`` with ``enable_gqa=True``).
     Backends differ in which one they decode fast (cuDNN, for instance, has a split-KV decode path for
     one query row only).
@@ -93,7 +83,7 @@ def build_bf16_sdpa(backend: str, batch: int, context: int, s: pl.Shape, device)
     for layout in ("fold", "gqa"):
         try:
             with sdpa_kernel(be):
-                probes[layout] = round(_probe_us(lambda lay=layout: call(lay, *sets[0])), 2)
+                probes[layout] = round(burst_us(lambda lay=layout: call(lay, *sets[0]), 5, warmup=1), 2)
         except RuntimeError as exc:
             probes[layout] = f"unsupported: {str(exc).splitlines()[0][:160]}"
     timed = {k: v for k, v in probes.items() if isinstance(v, float)}

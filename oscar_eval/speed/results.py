@@ -1,18 +1,15 @@
-"""The speed results file ``results/speed/<name>.json`` (docs/results.md) and its provenance."""
+"""The speed results file ``results/speed/<name>.json`` (docs/results.md); its ``env`` comes from
+:func:`oscar_eval.provenance.environment`, the one provenance collector."""
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
-import importlib.metadata
 import json
 import os
-import platform
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
+
+from oscar_eval.provenance import now
 
 SCHEMA = 1
 KIND = "speed"
@@ -52,138 +49,10 @@ REQUIRED_ROW_KEYS = (
 REQUIRED_TOP_KEYS = ("schema", "kind", "name", "created", "env", "peak_bandwidth_gbps", "rows")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_OPTIONAL_PACKAGES = ("triton", "flash_attn", "flashinfer", "flashinfer-python", "numpy")
 
 
 class SpeedResultError(ValueError):
     pass
-
-
-def _run(cmd: list[str], cwd: str | Path | None = None) -> str | None:
-    try:
-        out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=20, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]
-
-
-def source_digest(root: Path | None = None) -> str:
-    """sha256 over the package sources (oscar_core, oscar_eval, csrc): identifies uncommitted code."""
-    root = root or repo_root()
-    h = hashlib.sha256()
-    for sub in ("oscar_core", "oscar_eval", "csrc"):
-        base = root / sub
-        if not base.is_dir():
-            continue
-        for path in sorted(base.rglob("*")):
-            if path.is_file() and path.suffix in (".py", ".cu", ".cuh", ".cpp", ".h", ".json", ".yaml"):
-                h.update(str(path.relative_to(root)).encode())
-                h.update(path.read_bytes())
-    return h.hexdigest()
-
-
-def git_info(root: Path | None = None) -> dict[str, Any]:
-    root = root or repo_root()
-    commit = _run(["git", "rev-parse", "HEAD"], cwd=root)
-    dirty = None
-    if commit:
-        status = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root)
-        dirty = bool(status)
-    return {"git_commit": commit, "git_dirty": dirty, "source_sha256": source_digest(root)}
-
-
-def gpu_info() -> dict[str, Any]:
-    """GPU name, driver and clocks at this moment (nvidia-smi), or nulls without a GPU."""
-    info: dict[str, Any] = {"gpu": None, "driver": None, "clocks": None, "gpu_memory_bytes": None, "sm_count": None}
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            props = torch.cuda.get_device_properties(0)
-            info["gpu"] = props.name
-            info["gpu_memory_bytes"] = int(props.total_memory)
-            info["sm_count"] = int(props.multi_processor_count)
-            info["compute_capability"] = f"{props.major}.{props.minor}"
-            info["l2_bytes"] = int(getattr(props, "L2_cache_size", 0)) or None
-    except Exception:  # provenance is best effort
-        pass
-    q = _run(
-        [
-            "nvidia-smi",
-            "--query-gpu=name,driver_version,clocks.sm,clocks.mem,clocks.max.sm,clocks.max.mem,power.draw,temperature.gpu,pstate",
-            "--format=csv,noheader,nounits",
-            "-i",
-            "0",
-        ]
-    )
-    if q:
-        parts = [p.strip() for p in q.splitlines()[0].split(",")]
-        if len(parts) >= 9:
-            info["gpu"] = info["gpu"] or parts[0]
-            info["driver"] = parts[1]
-
-            def num(x: str) -> float | None:
-                try:
-                    return float(x)
-                except ValueError:
-                    return None
-
-            info["clocks"] = {
-                "sm_mhz": num(parts[2]),
-                "mem_mhz": num(parts[3]),
-                "max_sm_mhz": num(parts[4]),
-                "max_mem_mhz": num(parts[5]),
-                "power_w": num(parts[6]),
-                "temp_c": num(parts[7]),
-                "pstate": parts[8],
-            }
-    return info
-
-
-def collect_env() -> dict[str, Any]:
-    import oscar_eval
-
-    env: dict[str, Any] = {}
-    env.update(gpu_info())
-    try:
-        import torch
-
-        env["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
-        env["torch_cuda_build"] = torch.version.cuda
-        env["cudnn"] = torch.backends.cudnn.version() if torch.cuda.is_available() else None
-        env["torch"] = torch.__version__
-    except Exception:
-        env["cuda"] = env["torch"] = None
-    env["transformers"] = _version("transformers")
-    env["oscar_eval"] = oscar_eval.__version__
-    try:
-        import oscar_core
-
-        env["oscar_core"] = oscar_core.__version__
-    except Exception:
-        env["oscar_core"] = None
-    env["packages"] = {name: _version(name) for name in _OPTIONAL_PACKAGES}
-    env.update(git_info())
-    env["python"] = platform.python_version()
-    env["platform"] = platform.platform()
-    env["argv"] = list(sys.argv)
-    env["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return env
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
 
 
 def make_document(name: str, env: dict[str, Any], peak_bandwidth_gbps: float | None, rows: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -191,7 +60,7 @@ def make_document(name: str, env: dict[str, Any], peak_bandwidth_gbps: float | N
         "schema": SCHEMA,
         "kind": KIND,
         "name": name,
-        "created": now_iso(),
+        "created": now(),
         "env": env,
         "peak_bandwidth_gbps": peak_bandwidth_gbps,
         "rows": rows,

@@ -408,13 +408,14 @@ def run_speed(opts: SpeedOptions | None = None, log: Callable[[str], None] | Non
     require_cuda()
     import torch
 
+    from oscar_eval.provenance import environment
     from oscar_eval.speed.packed_kernel import kernels_status
     from oscar_eval.speed.timing import copy_bandwidth_gbps
 
     name = rs.check_name(opts.name or default_name(opts))
     started = time.monotonic()
     deadline = started + opts.time_limit_s if opts.time_limit_s else None
-    env = rs.collect_env()  # clocks read at start, before any load
+    env = environment()  # clocks read at start, before any load
     torch.backends.cuda.matmul.allow_tf32 = False
     bw_info = copy_bandwidth_gbps(opts.copy_bytes)
     bw = bw_info["gbps"]

@@ -110,8 +110,8 @@ def test_mmau_bad_rows_are_failed_items_and_the_rest_runs(tmp_path):
     assert "duplicate id" in opens[3].error and "test.parquet:6" in opens[3].error
     # A nested kwargs fails its item when scored; the runner records it and goes on.
     from oscar_eval.models import Generation
-    from oscar_eval.results import RunStore
     from oscar_eval.runner import evaluate_items
+    from oscar_eval.store.results import RunStore
 
     store = RunStore(tmp_path / "res", "r")
     store.open(resume=False)

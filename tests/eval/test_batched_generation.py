@@ -13,8 +13,8 @@ from oscar_eval.api import run_benchmark
 from oscar_eval.benchmarks.base import Item
 from oscar_eval.errors import UserError
 from oscar_eval.models import Generation, TextRunner, cache_kwarg, load_model
-from oscar_eval.results import RunStore
 from oscar_eval.runner import evaluate_items, length_batches
+from oscar_eval.store.results import RunStore
 
 R = 32  # a small window: prompts of 40-110 tokens flush blocks during the prompt and while decoding
 

@@ -298,8 +298,8 @@ def test_loader_file_errors(tmp_path):
 def _run(bench, predictions, store_dir):
     """Items -> fake generations -> records, through the real evaluation loop and store."""
     from oscar_eval.models import Generation
-    from oscar_eval.results import RunStore
     from oscar_eval.runner import evaluate_items
+    from oscar_eval.store.results import RunStore
 
     items = [it for s in bench.subsets() for it in bench.items(s)]
     store = RunStore(store_dir, "mmau")

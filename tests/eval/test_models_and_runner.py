@@ -7,8 +7,8 @@ import pytest
 from oscar_eval.benchmarks.base import Item
 from oscar_eval.cli import UserError
 from oscar_eval.models import Generation, TextRunner, load_model, resolve_model_path
-from oscar_eval.results import RunStore
 from oscar_eval.runner import evaluate_items
+from oscar_eval.store.results import RunStore
 
 
 @pytest.fixture(scope="module")

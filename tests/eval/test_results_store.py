@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from oscar_eval.results import RunStore, list_runs, make_run_id, settings_hash
+from oscar_eval.store.results import RunStore, list_runs, make_run_id, settings_hash
 
 
 def _rec(i: int, subset: str = "qasper_e", score: float = 0.5, length: int = 100) -> dict:
@@ -124,7 +124,7 @@ def test_failed_items_are_not_done(tmp_path):
 
 
 def test_one_writer_per_run(tmp_path):
-    from oscar_eval.results import RunLocked
+    from oscar_eval.store.results import RunLocked
 
     a, b = RunStore(tmp_path, "run-i"), RunStore(tmp_path, "run-i")
     a.lock()
@@ -136,7 +136,7 @@ def test_one_writer_per_run(tmp_path):
 
 
 def test_corrupt_manifest_names_file_and_line(tmp_path):
-    from oscar_eval.results import StoreError
+    from oscar_eval.store.results import StoreError
 
     store = RunStore(tmp_path, "run-j")
     store.dir.mkdir(parents=True)
@@ -149,7 +149,7 @@ def test_corrupt_manifest_names_file_and_line(tmp_path):
 
 
 def test_a_non_utf8_middle_record_is_corrupt(tmp_path):
-    from oscar_eval.results import StoreError
+    from oscar_eval.store.results import StoreError
 
     store = RunStore(tmp_path, "run-k")
     store.dir.mkdir(parents=True)

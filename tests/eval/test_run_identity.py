@@ -97,7 +97,7 @@ def test_existing_run_is_refused_before_the_model_loads(capsys, tmp_path, smoke_
 
 
 def test_second_process_on_a_locked_run_fails_at_once(capsys, tmp_path, smoke_cache, monkeypatch):
-    from oscar_eval.results import RunStore
+    from oscar_eval.store.results import RunStore
 
     args = [*ARGS, "--limit", "1", "--results", str(tmp_path)]
     assert run_cli(capsys, *args)[0] == 0
@@ -196,8 +196,8 @@ def test_corrupt_store_files_are_one_line_errors_and_overwrite_recovers(capsys, 
 
 
 def test_static_configuration_separates_grids_limits_and_methods():
-    from oscar_eval.results import make_run_id
-    from oscar_eval.run_identity import static_config
+    from oscar_eval.store.results import make_run_id
+    from oscar_eval.store.run_identity import static_config
 
     base = dict(benchmark="niah", settings={"seed": 42}, subsets=["512"], limit=None,
                 item_ids=["512/0", "512/50", "512/100"], data_files={"hay.txt": "a" * 64},

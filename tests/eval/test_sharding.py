@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from oscar_eval.cli import UserError
-from oscar_eval.sharding import Shard, detect, item_weights, shard_items, split
+from oscar_eval.store.sharding import Shard, detect, item_weights, shard_items, split
 
 from .conftest import run_cli
 

@@ -6,8 +6,14 @@ import json
 
 import pytest
 
+from oscar_eval.provenance import environment
 from oscar_eval.report.store import load_store
 from oscar_eval.speed import results as rs
+
+
+@pytest.fixture(scope="module")
+def env():
+    return environment()
 
 
 def _row(**over):
@@ -21,16 +27,15 @@ def _row(**over):
     return row
 
 
-def test_collect_env_has_every_required_provenance_key():
-    env = rs.collect_env()
+def test_the_environment_has_every_required_speed_key(env):
     for key in rs.REQUIRED_ENV_KEYS:
         assert key in env
     assert env["torch"] and env["transformers"] and env["oscar_eval"]
     assert len(env["source_sha256"]) == 64  # identifies the code even before the first commit
 
 
-def test_round_trip(tmp_path):
-    doc = rs.make_document("qwen3-8b-test", rs.collect_env(), 4300.0, [_row()], notes=["x"])
+def test_round_trip(tmp_path, env):
+    doc = rs.make_document("qwen3-8b-test", env, 4300.0, [_row()], notes=["x"])
     path = rs.write_speed(tmp_path, doc)
     assert path == tmp_path / "speed" / "qwen3-8b-test.json"
     back = rs.read_speed(path)
@@ -43,8 +48,7 @@ def test_round_trip(tmp_path):
     assert store.speed[0].peak_bandwidth_gbps == 4300.0
 
 
-def test_missing_row_and_env_keys_are_refused(tmp_path):
-    env = rs.collect_env()
+def test_missing_row_and_env_keys_are_refused(tmp_path, env):
     bad = _row()
     del bad["roofline_fraction"]
     with pytest.raises(rs.SpeedResultError, match="roofline_fraction"):
@@ -56,15 +60,15 @@ def test_missing_row_and_env_keys_are_refused(tmp_path):
     assert not (tmp_path / "speed" / "n.json").exists()
 
 
-def test_skipped_rows_keep_the_schema_with_nulls(tmp_path):
+def test_skipped_rows_keep_the_schema_with_nulls(tmp_path, env):
     row = _row(median_us=None, min_us=None, max_us=None, gbps=None, roofline_fraction=None, skip="does not fit")
-    path = rs.write_speed(tmp_path, rs.make_document("skips", rs.collect_env(), 4300.0, [row]))
+    path = rs.write_speed(tmp_path, rs.make_document("skips", env, 4300.0, [row]))
     assert rs.read_speed(path)["rows"][0]["skip"] == "does not fit"
 
 
-def test_nan_is_not_written(tmp_path):
+def test_nan_is_not_written(tmp_path, env):
     with pytest.raises(ValueError):
-        rs.write_speed(tmp_path, rs.make_document("nan", rs.collect_env(), float("nan"), [_row()]))
+        rs.write_speed(tmp_path, rs.make_document("nan", env, float("nan"), [_row()]))
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "", " x", "x y"])

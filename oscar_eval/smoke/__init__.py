@@ -13,7 +13,7 @@ from pathlib import Path
 
 SMOKE_VERSION = 1
 SMOKE_LABEL = "smoke-tiny-llama"
-SMOKE_DATA = Path(__file__).resolve().parent / "data" / "longbench_e_smoke"
+SMOKE_DATA = Path(__file__).resolve().parents[1] / "data" / "longbench_e_smoke"
 SMOKE_MAX_INPUT_LEN = 768  # small enough that the fixture's longest prompts exercise middle truncation
 
 

@@ -9,9 +9,9 @@ Several records may carry one ``item_id`` (a failed item retried by ``--resume``
 the file stays append-only): the latest record of an item is the one that counts. One process writes
 a run at a time: :meth:`RunStore.lock` holds an OS-level lock on ``runs/<run_id>/.lock``.
 
-A sharded run (:mod:`oscar_eval.sharding`) has one writer per shard: ``RunStore(root, run_id, shard)``
+A sharded run (:mod:`oscar_eval.store.sharding`) has one writer per shard: ``RunStore(root, run_id, shard)``
 writes ``records.rank<R>-of-<W>.jsonl`` and ``shard.rank<R>-of-<W>.json`` (the shard's manifest) under
-``.lock.rank<R>-of-<W>``; :mod:`oscar_eval.merge` turns the shards into ``records.jsonl``,
+``.lock.rank<R>-of-<W>``; :mod:`oscar_eval.store.merge` turns the shards into ``records.jsonl``,
 ``manifest.json`` and ``summary.json``.
 """
 
@@ -70,7 +70,7 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 
 class RunStore:
     """One run's folder: ``manifest.json``, ``records.jsonl``, ``summary.json``; with ``shard`` (a
-    :class:`oscar_eval.sharding.Shard` of several) that shard's manifest, records and lock instead."""
+    :class:`oscar_eval.store.sharding.Shard` of several) that shard's manifest, records and lock instead."""
 
     def __init__(self, root: str | Path, run_id: str, shard: Any = None) -> None:
         self.root = Path(root)

@@ -12,12 +12,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from oscar_eval.results import LOCK, RECORDS, RunStore, StoreError, coverage
-from oscar_eval.run_identity import config_hash, differences, items_digest
-from oscar_eval.sharding import Shard
+from oscar_eval.store.results import LOCK, RECORDS, RunStore, StoreError, coverage
+from oscar_eval.store.run_identity import config_hash, differences, items_digest
+from oscar_eval.store.sharding import Shard
 
 
 class MergeIncomplete(RuntimeError):
@@ -79,9 +79,10 @@ def check(root: str | Path, run_id: str) -> tuple[int, list[tuple[dict, list[dic
     return world, shards
 
 
-def merge(root: str | Path, run_id: str, summarize: Any = None) -> dict:
+def merge(root: str | Path, run_id: str, summarize: Callable[[list[dict]], dict]) -> dict:
     """Write ``records.jsonl``, ``manifest.json`` and ``summary.json`` of a complete sharded run and
-    return the summary. ``summarize``: the benchmark's (rebuilt from the shard manifest without it)."""
+    return the summary. ``summarize``: the benchmark's (the store knows no benchmark; without one in
+    hand, :func:`oscar_eval.api.merge_run` rebuilds it from the shard manifest's ``benchmark_args``)."""
     from oscar_eval import provenance
 
     base = RunStore(root, run_id)
@@ -91,8 +92,6 @@ def merge(root: str | Path, run_id: str, summarize: Any = None) -> dict:
         fcntl.flock(fd, fcntl.LOCK_EX)  # two ranks finishing together merge one after the other
         world, shards = check(root, run_id)
         first = shards[0][0]
-        if summarize is None:
-            summarize = benchmark_of(first).summarize
         records = [r for _, recs in shards for r in recs]
         _write_records_atomic(base.dir / RECORDS, records)
         target = first.get("coverage_target") or {"total": len(records), "missing_subsets": []}
@@ -111,17 +110,6 @@ def merge(root: str | Path, run_id: str, summarize: Any = None) -> dict:
         return base.recompute_summary(summarize, **first["summary_header"])
     finally:
         os.close(fd)
-
-
-def benchmark_of(manifest: dict) -> Any:
-    """The benchmark a shard manifest was run with (for its ``summarize``)."""
-    from oscar_eval.benchmarks import get_benchmark
-
-    args = manifest.get("benchmark_args")
-    if not isinstance(args, dict):
-        raise StoreError("shard manifest has no benchmark_args (not written by a sharded run)")
-    return get_benchmark(args["name"], data_dir=args["data_dir"], subsets=args.get("subsets"),
-                         **(args.get("options") or {}))
 
 
 def _write_records_atomic(path: Path, records: list[dict]) -> None:

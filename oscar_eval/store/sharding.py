@@ -2,7 +2,7 @@
 
 Every process of a launch (``torchrun``, ``accelerate launch``, ``srun``) evaluates one contiguous
 shard of the same ordered item list and writes its own records under the same run id; the shards are
-merged into one run afterwards (:mod:`oscar_eval.merge`). The rank and world size come from the
+merged into one run afterwards (:mod:`oscar_eval.store.merge`). The rank and world size come from the
 launcher's environment, so no process group is needed.
 """
 
