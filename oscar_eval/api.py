@@ -211,26 +211,22 @@ def run_benchmark(
     for opt in options_of(benchmark):  # a cache that belongs with the results (MMAU-Pro's judge outputs)
         if opt.in_results and bench_options.get(opt.name) is None:
             bench_options[opt.name] = str(Path(results) / opt.in_results)
-    if data_dir is None and bench_options.get("haystack"):  # NIAH --haystack FILE: its folder is the data dir
-        data_dir = Path(bench_options["haystack"]).expanduser().resolve().parent
     default_data = _smoke_hook(benchmark, "default_data")
-    if data_dir is None and default_data is not None:  # a benchmark that finds its own data (ppl: --text)
+    if data_dir is None and default_data is not None:  # a benchmark that finds its own data (--haystack, --text)
         data_dir, bench_options = default_data(bench_options, model)
     is_smoke = model is None and data_dir is None
-    bench_smoke = _smoke_hook(benchmark) if is_smoke else None
-    if bench_smoke is not None:  # a benchmark with its own smoke configuration (e.g. NIAH)
+    cfg: dict = {}
+    if is_smoke:  # the benchmark's own smoke configuration: fixture data, tiny model, options
+        bench_smoke = _smoke_hook(benchmark)
+        if bench_smoke is None:
+            raise UserError(f"{benchmark} has no built-in smoke configuration; give --model and --data-dir")
         cfg = bench_smoke()
         smoke_what = cfg["description"]
         data_dir = cfg["data_dir"]
         model_label = model_label or cfg.get("model_label") or smoke.SMOKE_LABEL
         max_input_len = max_input_len or cfg.get("max_input_len")
         bench_options = {**cfg.get("options", {}), **bench_options}
-    elif is_smoke:
-        smoke_what = f"tiny random-weight Llama + built-in LongBench-E fixture ({smoke.SMOKE_DATA})"
-        data_dir = smoke.SMOKE_DATA
-        model_label = model_label or smoke.SMOKE_LABEL
-        max_input_len = max_input_len or smoke.SMOKE_MAX_INPUT_LEN
-        subsets = subsets or sorted(p.stem for p in smoke.SMOKE_DATA.glob("*.jsonl"))
+        subsets = subsets or cfg.get("subsets")
     elif model is None or data_dir is None:
         raise UserError("give both --model and --data-dir (or neither, for the built-in smoke configuration)")
 
@@ -253,18 +249,19 @@ def run_benchmark(
     data_files = {}
     for s in bench.subsets():
         for f in bench.data_files(s):
-            data_files[str(Path(f).relative_to(Path(data_dir)))] = provenance.sha256_file(f)
+            # absolute, not resolved: a relative --data-dir works, and symlinked data files keep their names
+            data_files[str(Path(f).absolute().relative_to(Path(data_dir).absolute()))] = provenance.sha256_file(f)
 
     model_path = model
     if is_smoke:  # a benchmark's smoke configuration may bring its own model (e.g. OCRBench: tiny Qwen3-VL)
-        model_path = (cfg.get("model_path") if bench_smoke is not None else None) or smoke.smoke_model_path
-        model_path = model_path()
+        model_path = (cfg.get("model_path") or smoke.smoke_model_path)()
     env = provenance.environment()
     mine = sharding.shard_items(items, shard)
     prepared = _prepare_runs(benchmark, bench, specs, items, data_files, model_path, model_label,
                              requested_subsets, bench_options, is_smoke, results, max_input_len,
                              chat_template, seed, limit, device, dtype, resume, overwrite, retry_failed,
-                             shard=shard, shard_items=mine, device_map=device_map, batch_size=batch_size)
+                             shard=shard, shard_items=mine, device_map=device_map, batch_size=batch_size,
+                             smoke_subsets=cfg.get("subsets"))
     # Only now, with every cheap check passed: what runs (the grid after any overrides).
     selection = describe_selection(bench, len(items))
     if is_smoke:
@@ -310,8 +307,9 @@ def _settings(bench: Any, max_input_len: int, chat_template: bool, seed: int, ba
 def _prepare_runs(benchmark, bench, specs, items, data_files, model_path, model_label, requested_subsets,
                   bench_options, is_smoke, results, max_input_len, chat_template, seed, limit, device,
                   dtype, resume, overwrite, retry_failed, shard=None, shard_items=None, device_map=None,
-                  batch_size=1) -> list:
-    """Before any weights load: every method's run id (static configuration), lock, existing-run checks."""
+                  batch_size=1, smoke_subsets=None) -> list:
+    """Before any weights load: every method's run id (static configuration), lock, existing-run checks.
+    ``smoke_subsets``: the subsets a smoke configuration selects by default (its fixture's)."""
     from oscar_eval import provenance, run_setup
     from oscar_eval.benchmarks import get_benchmark
     from oscar_eval.models import resolve_device, resolve_dtype, resolve_model_path
@@ -321,10 +319,8 @@ def _prepare_runs(benchmark, bench, specs, items, data_files, model_path, model_
     dev = resolve_device(device)
     if requested_subsets is None:  # the default selection is the whole data set
         default_subsets = list(bench.subsets())
-    elif is_smoke and bench.name == "longbench_e":
-        from oscar_eval import smoke
-
-        default_subsets = sorted(p.stem for p in smoke.SMOKE_DATA.glob("*.jsonl"))
+    elif smoke_subsets is not None:
+        default_subsets = list(smoke_subsets)
     else:
         default_subsets = get_benchmark(benchmark, data_dir=getattr(bench, "data_dir", None),
                                         **bench_options).subsets()
@@ -341,8 +337,8 @@ def _prepare_runs(benchmark, bench, specs, items, data_files, model_path, model_
 
 
 def _smoke_hook(benchmark: str, attr: str = "smoke_configuration") -> Callable[..., Any] | None:
-    """A benchmark class's own ``smoke_configuration()`` (dict: description, data_dir, max_input_len,
-    options), or None for the default (LongBench-E fixture) smoke configuration. ``attr="default_data"``:
+    """A benchmark class's own ``smoke_configuration()`` (dict: description, data_dir, and optionally
+    max_input_len, options, subsets, model_label, model_path), or None. ``attr="default_data"``:
     its ``default_data(options, model) -> (data_dir or None, options)`` for runs without --data-dir."""
     import importlib
 

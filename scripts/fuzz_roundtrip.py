@@ -19,10 +19,8 @@ dtype and regime, and every failing case (enough to rebuild it: ``case(seed, ind
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
-import platform
 import sys
 import time
 from collections import Counter
@@ -234,14 +232,6 @@ def campaign(n_cases: int, seed: int) -> dict[str, Any]:
             "counts": {k: dict(sorted(v.items())) for k, v in per.items()}, "failures": failures}
 
 
-def _sources_digest() -> str:
-    """sha256 over oscar_core's Python sources (a commit marked +dirty does not say which tree ran)."""
-    h = hashlib.sha256()
-    for f in sorted((_ROOT / "oscar_core").rglob("*.py")):
-        h.update(str(f.relative_to(_ROOT)).encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=4608)
@@ -250,13 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here (default: print a summary only)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from oscar_eval.provenance import git_commit
+    from oscar_eval.provenance import environment
 
     t0 = time.monotonic()
     result = campaign(args.cases, args.seed)
-    result = {"provenance": {"commit": git_commit(_ROOT), "oscar_core_sha256": _sources_digest(),
-                             "torch": torch.__version__, "python": platform.python_version(),
-                             "platform": platform.platform(), "command": " ".join(["scripts/fuzz_roundtrip.py", *(argv or sys.argv[1:])]),
+    # environment(): git commit, sha256 of the sources (a commit marked +dirty does not say which tree ran),
+    # versions, host: the one collector every result file uses
+    result = {"provenance": {**environment(),
+                             "command": " ".join(["scripts/fuzz_roundtrip.py", *(argv or sys.argv[1:])]),
                              "seconds": round(time.monotonic() - t0, 1)}, **result}
     print(f"{result['cases']} cases ({result['finite_input_cases']} finite, {result['nonfinite_input_cases']} "
           f"with inf/NaN) in {result['provenance']['seconds']} s: {result['cases_nan_or_inf_from_finite_input']} "

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import platform
 import sys
 import time
@@ -26,7 +25,7 @@ from oscar_core.model import inspect_model
 from oscar_eval.analysis.layer_error import analyze_layers, capture_layer_inputs
 from oscar_eval.benchmarks.ppl import load_config, stdlib_documents
 from oscar_eval.models import load_model
-from oscar_eval.provenance import environment, model_source, now
+from oscar_eval.provenance import environment, model_source, now, sha256_file
 
 #: label -> (method, parameters); the oscar rows are its ablations (rotation / token scaling switches)
 DEFAULT_METHODS = {
@@ -58,14 +57,12 @@ def parse_method(text: str) -> tuple[str, tuple[str, dict]]:
 
 
 def code_provenance() -> dict:
-    """sha256 of the files whose code made these numbers; outside a git checkout (a snapshot) the base
-    commit comes from $OSCAR_EVAL_BASE_COMMIT."""
+    """sha256 of the two files whose code made these numbers (the environment's ``git_commit`` and
+    ``source_sha256`` identify the whole tree; outside a git checkout the commit is ``$GIT_COMMIT``)."""
     import oscar_core.methods.oscar as oscar_method
     import oscar_eval.analysis.layer_error as layer_error
 
-    files = {Path(m.__file__).name: hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest()
-             for m in (layer_error, oscar_method)}
-    return {"base_commit": os.environ.get("OSCAR_EVAL_BASE_COMMIT"), "sha256": files}
+    return {"sha256": {Path(m.__file__).name: sha256_file(m.__file__) for m in (layer_error, oscar_method)}}
 
 
 def prompt_text() -> tuple[str, dict]:

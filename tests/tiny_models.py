@@ -37,30 +37,26 @@ def _text_ids(prompt_len: int, batch: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(3, 200, (batch, prompt_len), generator=g)
 
 
+def _text_inputs(prompt_len: int, batch: int = 1) -> dict:
+    ids = _text_ids(prompt_len, batch)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _causal_lm(config_cls, model_cls, overrides: dict):
+    torch.manual_seed(0)
+    return model_cls(config_cls(**{**_TEXT, **overrides})).eval(), _text_inputs
+
+
 def llama(**overrides):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**{**_TEXT, **overrides})).eval()
-
-    def inputs(prompt_len: int, batch: int = 1) -> dict:
-        ids = _text_ids(prompt_len, batch)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
-    return model, inputs
+    return _causal_lm(LlamaConfig, LlamaForCausalLM, overrides)
 
 
 def qwen3(**overrides):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    torch.manual_seed(0)
-    model = Qwen3ForCausalLM(Qwen3Config(**{**_TEXT, **overrides})).eval()
-
-    def inputs(prompt_len: int, batch: int = 1) -> dict:
-        ids = _text_ids(prompt_len, batch)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
-    return model, inputs
+    return _causal_lm(Qwen3Config, Qwen3ForCausalLM, overrides)
 
 
 def qwen3_vl():
@@ -134,12 +130,7 @@ def qwen3_omni():
     model = Qwen3OmniMoeForConditionalGeneration(
         Qwen3OmniMoeConfig(thinker_config=thinker, enable_audio_output=False)
     ).eval()
-
-    def inputs(prompt_len: int, batch: int = 1) -> dict:
-        ids = _text_ids(prompt_len, batch)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
-    return model, inputs
+    return model, _text_inputs
 
 
 ARCHITECTURES: dict[str, Callable] = {

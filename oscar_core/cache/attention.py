@@ -29,7 +29,7 @@ _HANDOFF = "_oscar_kv_layer"
 
 def hand_off(module: torch.nn.Module, layer) -> None:
     """Give ``layer`` to the attention call that follows on ``module``."""
-    setattr(module, _HANDOFF, layer)
+    module.__dict__[_HANDOFF] = layer  # what nn.Module.__setattr__ does for a plain object, without its checks
 
 
 def take_handoff(module: torch.nn.Module):

@@ -38,6 +38,8 @@ class PackedKVLayer(CacheLayerMixin):
     blockwise_decode = True
     #: where the encoded units live (the storage interface; the kernel layer has its own)
     layout: PackedLayout = ReferenceLayout()
+    #: the stream type of the keys and values (the kernel layer's window lengths advance in O(1))
+    stream_cls: type[Stream] = Stream
 
     def __init__(self, spec: MethodSpec, fake_quant: bool = False, state: LayerState | None = None):
         super().__init__()
@@ -51,8 +53,8 @@ class PackedKVLayer(CacheLayerMixin):
         #: the pending prompt's queries (attention basis), when ``spec.observes_prompt_queries``
         self.prompt_queries: torch.Tensor | None = None
         key_unit, value_unit = policy.stream_units(spec)
-        self.k = Stream(True, key_unit, spec.residual_length)
-        self.v = Stream(False, value_unit, spec.residual_length)
+        self.k = self.stream_cls(True, key_unit, spec.residual_length)
+        self.v = self.stream_cls(False, value_unit, spec.residual_length)
         self.total_len = 0  # length of the padded timeline transformers sees
         self.pad: list[int] = []
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None

@@ -94,15 +94,42 @@ def _slot_map_cpu(keys: bool, head_dim: int) -> torch.Tensor:
     return (byte * 4 + (bit % 8) // 2).contiguous()
 
 
+@lru_cache(maxsize=6)
+def _inverse_slot_map_cpu(keys: bool, head_dim: int) -> torch.Tensor:
+    return torch.argsort(_slot_map_cpu(keys, head_dim).flatten())
+
+
+@lru_cache(maxsize=64)
+def _index_on_device(make, keys: bool, head_dim: int, device: torch.device) -> torch.Tensor:
+    return make(keys, head_dim).to(device)
+
+
+def _index_on(make, keys: bool, head_dim: int, device: torch.device | str | None) -> torch.Tensor:
+    """A constant index tensor of the layout on ``device``, copied there once (not at every call: a
+    host -> device copy per call would make every decode step wait for the device). Read-only."""
+    if device is None:
+        return make(keys, head_dim)
+    return _index_on_device(make, keys, head_dim, torch.device(device))
+
+
+def load_index_tensors(device: torch.device | str, head_dim: int) -> None:
+    """Copy the layout's constant index tensors for ``head_dim`` to ``device`` now. A cache does so
+    before its first decode step, so that no decode step copies them from the host."""
+    for keys in (True, False):
+        for make in (_slot_map_cpu, _inverse_slot_map_cpu, _meta_perm_cpu, _meta_inverse_cpu):
+            _index_on(make, keys, head_dim, device)
+    _index_on(_unpack_shifts_cpu, False, HEAD_DIM, device)
+
+
 def slot_map(keys: bool, device: torch.device | str | None = None, head_dim: int = HEAD_DIM) -> torch.Tensor:
     """``[32 tokens, D channels]`` int64: the slot (0 .. 32 D - 1) of each code in a key/value block."""
-    return _slot_map_cpu(keys, head_dim).to(device)
+    return _index_on(_slot_map_cpu, keys, head_dim, device)
 
 
 def inverse_slot_map(keys: bool, device: torch.device | str | None = None, head_dim: int = HEAD_DIM
                      ) -> torch.Tensor:
     """``[32 D]`` int64: for each slot, the flat index ``token * D + channel`` it holds."""
-    return torch.argsort(_slot_map_cpu(keys, head_dim).flatten()).to(device)
+    return _index_on(_inverse_slot_map_cpu, keys, head_dim, device)
 
 
 def _pack2(slots: torch.Tensor) -> torch.Tensor:
@@ -111,10 +138,15 @@ def _pack2(slots: torch.Tensor) -> torch.Tensor:
     return c[..., 0] | (c[..., 1] << 2) | (c[..., 2] << 4) | (c[..., 3] << 6)
 
 
+@lru_cache(maxsize=1)
+def _unpack_shifts_cpu(keys: bool, head_dim: int) -> torch.Tensor:
+    return torch.tensor([0, 2, 4, 6], dtype=torch.uint8)  # the bit offsets of a byte's four codes
+
+
 def _unpack2(packed: torch.Tensor) -> torch.Tensor:
     """bytes ``[..., 8 D]`` -> uint8 codes ``[..., 32 D]`` in slot order."""
     p = packed.unsqueeze(-1)
-    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=packed.device)
+    shifts = _index_on(_unpack_shifts_cpu, False, HEAD_DIM, packed.device)
     return ((p >> shifts) & 3).reshape(*packed.shape[:-1], 4 * packed.shape[-1])
 
 
@@ -144,11 +176,16 @@ def _meta_perm_cpu(keys: bool, head_dim: int) -> torch.Tensor:
     return grp * 32 + 16 * mt + 8 * hi + 2 * t4 + e
 
 
+@lru_cache(maxsize=6)
+def _meta_inverse_cpu(keys: bool, head_dim: int) -> torch.Tensor:
+    return torch.argsort(_meta_perm_cpu(keys, head_dim))
+
+
 def meta_perm(keys: bool, device: torch.device | str | None = None, head_dim: int = HEAD_DIM) -> torch.Tensor:
     """``[D]``: for each stored fp16 metadata slot, its reference index (keys: the channel; values:
     ``group * 32 + token``). Thread ``t4`` of the decode kernel reads its ``D/8`` pairs with ``D/32``
     16-byte loads."""
-    return _meta_perm_cpu(keys, head_dim).to(device)
+    return _index_on(_meta_perm_cpu, keys, head_dim, device)
 
 
 def meta_to_stored(x: torch.Tensor, keys: bool) -> torch.Tensor:
@@ -161,7 +198,7 @@ def meta_fp16(data: torch.Tensor, keys: bool) -> tuple[torch.Tensor, torch.Tenso
     reference order (keys: per channel; values: ``[D/32 groups * 32 tokens]``)."""
     d = head_dim_of_block(data)
     off = code_bytes(d)
-    inv = torch.argsort(_meta_perm_cpu(keys, d)).to(data.device)
+    inv = _index_on(_meta_inverse_cpu, keys, d, data.device)
     scale = data[..., off : off + 2 * d].contiguous().view(torch.float16)[..., inv]
     zz = data[..., off + 2 * d : off + 4 * d].contiguous().view(torch.float16)[..., inv]
     return scale, zz

@@ -149,12 +149,15 @@ def append_window(
         ext.append_window(k.contiguous(), v.contiguous(), res_k, res_v, slots.to(torch.int32), rotate)
         return
     kk = hadamard_transform(k) if rotate else k
-    r = res_k.shape[2]
-    ok = (slots >= 0) & (slots < r)
-    rows = torch.arange(k.shape[0], device=k.device)[ok]
-    pos = slots.long()[ok]
-    res_k[rows, :, pos] = kk[ok]
-    res_v[rows, :, pos] = v[ok]
+    # Every row writes its slot (clamped into the window); rows whose slot is outside write back what
+    # is there. No boolean indexing: its data-dependent shape would make the host wait for the device.
+    b, h, r, d = res_k.shape
+    if r == 0:
+        return
+    ok = ((slots >= 0) & (slots < r)).view(b, 1, 1, 1)
+    at = slots.long().clamp(0, r - 1).view(b, 1, 1, 1).expand(b, h, 1, d)
+    for res, new in ((res_k, kk), (res_v, v)):
+        res.scatter_(2, at, torch.where(ok, new[:, :, None], res.gather(2, at)))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -234,9 +237,8 @@ def decode_attention_reference(
     tq, r = k.shape[2], res_k.shape[2]
     pos_q = torch.arange(tq, device=q.device)
     pos_r = torch.arange(r, device=q.device)
-    valid = torch.cat(
-        [pos_q[None] < qlens.to(q.device).view(b, 1), pos_r[None] < rlens.to(q.device).view(b, 1)], dim=1
-    )  # [B, Tq + R]
+    qlens, rlens = (x if x.device == q.device else x.to(q.device) for x in (qlens, rlens))
+    valid = torch.cat([pos_q[None] < qlens.view(b, 1), pos_r[None] < rlens.view(b, 1)], dim=1)  # [B, Tq + R]
     s = torch.einsum("bhgd,bhtd->bhgt", qr, kk) * scale
     s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
     p = torch.softmax(s, dim=-1)
@@ -289,6 +291,21 @@ def make_decode_workspace(
     )
 
 
+#: GQA groups the decode kernel is instantiated for (launch_decode_dt in csrc/oscar_kernels.cu)
+KERNEL_GQA = (1, 2, 4, 8)
+
+
+def _kernel_serves(q: torch.Tensor, keys: KernelKeys) -> bool:
+    hkv = keys.data.shape[1]
+    return q.shape[1] % hkv == 0 and q.shape[1] // hkv in KERNEL_GQA and q.dtype in (torch.bfloat16, torch.float16)
+
+
+def decode_takes_kernel(q: torch.Tensor, keys: KernelKeys, *, force_fallback: bool = False) -> bool:
+    """Whether :func:`decode_attention` of ``q`` ``[B, Hq, D]`` over ``keys`` runs the CUDA kernel (else the
+    float32 PyTorch path): CUDA tensors, the extension built, a GQA group in :data:`KERNEL_GQA`, bf16/fp16."""
+    return _kernel_serves(q, keys) and cuda_extension(q, keys.data, force_fallback=force_fallback) is not None
+
+
 def decode_attention(
     q: torch.Tensor,
     keys: KernelKeys,
@@ -315,7 +332,8 @@ def decode_attention(
     int32 ``[B]`` (at most ``R``). Returns ``[B, Hq, D]`` in q's dtype: softmax over all valid
     tokens of ``(q_rot . k) * scale`` (quantized keys times their token norm), times the values
     (cache basis). Lengths are read on the device: no host synchronisation, capturable in a graph.
-    GQA groups other than 1, 2, 4, 8 (and CPU tensors) take the float32 PyTorch path.
+    GQA groups other than 1, 2, 4, 8, float32 queries and CPU tensors take the float32 PyTorch path
+    (:func:`decode_takes_kernel`).
 
     Two launches: the split-KV kernel (quantized splits plus one CTA per 32 residual tokens, every CTA
     one kv head with its whole GQA group) writes partial softmax states; a small kernel combines them.
@@ -334,9 +352,8 @@ def decode_attention(
     if keys.zero_point != values.zero_point:
         raise ValueError(f"keys ({keys.zero_point} zero point) and values ({values.zero_point}) differ in format")
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
-    gqa = hq // hkv
-    ext = cuda_extension(q, keys.data, force_fallback=force_fallback)
-    if ext is not None and gqa in (1, 2, 4, 8):
+    ext = cuda_extension(q, keys.data, force_fallback=force_fallback) if _kernel_serves(q, keys) else None
+    if ext is not None:
         ws = workspace
         if ws is None:
             ws = make_decode_workspace(hq, keys, res_k.shape[2], num_splits=num_splits)

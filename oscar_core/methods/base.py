@@ -47,6 +47,12 @@ class MethodParameterTypeError(MethodConfigError, TypeError):
     """A method parameter of the wrong type (``bits=2.0``, ``bits=True``, ``rotation="maybe"``)."""
 
 
+def check_clip_ratio(method: str, clip_ratio: float) -> None:
+    """A clip ratio scales each group's range down (QuaRot, RotateKV): (0, 1], never up."""
+    if not 0.0 < clip_ratio <= 1.0:
+        raise MethodConfigError(f"{method}: clip_ratio must be in (0, 1], got {clip_ratio}")
+
+
 @functools.cache
 def _field_types(cls: type) -> dict[str, Any]:
     """The resolved annotations of a spec class (``from __future__ import annotations`` makes them strings).

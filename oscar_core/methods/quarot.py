@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 
 import torch
 
-from oscar_core.methods.base import Block, BlockContext, MethodConfigError, MethodSpec
+from oscar_core.methods.base import Block, BlockContext, MethodSpec, check_clip_ratio
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,7 @@ class QuaRotSpec(MethodSpec):
 
     def validate(self) -> None:
         super().validate()
-        if not 0.0 < self.clip_ratio <= 1.0:
-            raise MethodConfigError(f"quarot: clip_ratio must be in (0, 1], got {self.clip_ratio}")
+        check_clip_ratio(self.name, self.clip_ratio)
 
     def encode_keys(self, k: torch.Tensor, ctx: BlockContext | None = None) -> Block:
         return self._encode_affine(k, "channel", "integer", self.clip_ratio)

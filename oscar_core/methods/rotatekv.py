@@ -55,6 +55,7 @@ from oscar_core.methods.base import (
     LayerState,
     MethodConfigError,
     MethodSpec,
+    check_clip_ratio,
     contextual,
 )
 from oscar_core.quant import PackedGroups, dequantize, ldexp_saturating, pow2_shift, quantize, saturate
@@ -250,8 +251,7 @@ class RotateKVSpec(MethodSpec):
 
     def validate(self) -> None:
         super().validate()
-        if not 0.0 < self.clip_ratio <= 1.0:
-            raise MethodConfigError(f"rotatekv: clip_ratio must be in (0, 1], got {self.clip_ratio}")
+        check_clip_ratio(self.name, self.clip_ratio)
         if (self.head_group is not None and self.head_group < 1) or self.sink_tokens < 0:
             raise MethodConfigError("rotatekv: head_group must be >= 1 and sink_tokens >= 0")
 
@@ -338,6 +338,14 @@ class RotateKVSpec(MethodSpec):
         p = PackedGroups.from_quant(gq)
         return {"codes": p.packed, "scale": p.scale, "zero": p.zero}
 
+    def _encode_block(self, x: torch.Tensor, head_dim: int, ctx: BlockContext) -> Block:
+        """``x`` ``[N, T, H*D]`` quantized, its sink tokens marked to be kept in full precision."""
+        block = self._quant(x, head_dim)
+        keep = self._keep(ctx, x.shape[1])
+        if keep is not None:
+            block[KEEP_FULL] = keep
+        return block
+
     def _dequant(self, block: Block) -> torch.Tensor:
         if "raw" in block:
             return block["raw"].float()
@@ -355,11 +363,7 @@ class RotateKVSpec(MethodSpec):
         pre = undo_rope(torch.ldexp(k.float(), -shift[:, None, :, None]), cos, sin)
         x = ldexp_saturating(grouped_hadamard(pre, self._resolved(h, d)[0]), shift[:, :, None])
         x = x[..., perm.to(k.device)]  # [N, T, H*D]
-        block = self._quant(x, d)
-        keep = self._keep(ctx, t)
-        if keep is not None:
-            block[KEEP_FULL] = keep
-        return block
+        return self._encode_block(x, d, ctx)
 
     @contextual
     def decode_keys(self, block: Block, dtype: torch.dtype, ctx: BlockContext | None = None) -> torch.Tensor:
@@ -378,11 +382,7 @@ class RotateKVSpec(MethodSpec):
     def encode_values(self, v: torch.Tensor, ctx: BlockContext | None = None) -> Block:
         n, h, t, d = v.shape
         self._layer(ctx, h, d)
-        block = self._quant(v.float().transpose(1, 2).reshape(n, t, h * d), d)
-        keep = self._keep(ctx, t)
-        if keep is not None:
-            block[KEEP_FULL] = keep
-        return block
+        return self._encode_block(v.float().transpose(1, 2).reshape(n, t, h * d), d, ctx)
 
     @contextual
     def decode_values(self, block: Block, dtype: torch.dtype, ctx: BlockContext | None = None) -> torch.Tensor:

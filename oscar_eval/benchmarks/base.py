@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from oscar_eval.benchmarks.options import Option
+from oscar_eval.errors import UserError
 
 
 @dataclass
@@ -59,13 +60,37 @@ class Benchmark(Protocol):
     def summarize(self, records: list[dict]) -> dict: ...
 
 
+def load_tokenizer(model_path: str | Path) -> Any:
+    """The model's tokenizer from local files only; one that cannot be loaded is a UserError naming the model."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load the tokenizer of {model_path}: {str(exc).splitlines()[0]}") from None
+
+
+def data_file(value: str | Path, data_dir: Path | None, what: str, hint: str) -> Path:
+    """A file a benchmark option names (``--haystack``, ``--text``), resolved: a relative name that does
+    not exist here is looked up in ``data_dir``; it must exist and, with a ``data_dir``, lie inside it
+    (the run records data files relative to the data folder). Errors name ``what`` and the path."""
+    p = Path(value).expanduser()
+    if not p.is_absolute() and data_dir is not None and not p.exists():
+        p = data_dir / p
+    if not p.is_file():
+        raise UserError(f"{what} {p} not found; {hint}")
+    p = p.resolve()
+    if data_dir is not None and not p.is_relative_to(data_dir.resolve()):
+        raise UserError(f"{what} {p} is not inside --data-dir {data_dir}")
+    return p
+
+
 def sized_prompt_counter(model_path: str | Path, contexts: list[int], max_input_len: int | None,
                          chat_template: bool, what: str, tokenizer: Any = None) -> tuple[Any, Any]:
     """``(tokenizer, runner)`` for benchmarks whose prompts are sized in the model's own tokens (NIAH,
     RULER): the model's tokenizer (local files only) and a text runner that tokenizes exactly as
     generation will (BOS, chat template) and never truncates. A context over ``max_input_len`` is an
     error: such prompts are sized to their context, never truncated."""
-    from oscar_eval.errors import UserError
     from oscar_eval.models import LoadedModel, TextRunner
 
     too_long = [c for c in contexts if max_input_len is not None and c > max_input_len]
@@ -73,12 +98,7 @@ def sized_prompt_counter(model_path: str | Path, contexts: list[int], max_input_
         raise UserError(f"context {too_long[0]} exceeds --max-input-len {max_input_len}; raise it "
                         f"({what} prompts are sized to their context, never truncated)")
     if tokenizer is None:
-        from transformers import AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot load the tokenizer of {model_path}: {str(exc).splitlines()[0]}") from None
+        tokenizer = load_tokenizer(model_path)
     runner = TextRunner(LoadedModel(None, tokenizer, Path(model_path), "cpu", "n/a"), max_input_len=10**9,
                         chat_template=chat_template)
     return tokenizer, runner

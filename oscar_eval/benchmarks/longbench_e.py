@@ -40,6 +40,20 @@ class LongBenchE:
         if self.data_dir is not None and not self.data_dir.is_dir():
             raise UserError(f"data dir {self.data_dir} does not exist; {self.config['data']['hint']}")
 
+    @classmethod
+    def selection(cls) -> list[str]:
+        """What a run chooses among, for `oscar-eval list` (from the task config; no data needed)."""
+        return [f"subsets (--subsets; default all): {', '.join(load_config()['subsets'])}"]
+
+    @classmethod
+    def smoke_configuration(cls) -> dict:
+        """The built-in smoke run: the tiny random Llama (oscar_eval.smoke) on the LongBench-E fixture's subsets."""
+        from oscar_eval import smoke
+
+        return {"description": f"tiny random-weight Llama + built-in LongBench-E fixture ({smoke.SMOKE_DATA})",
+                "data_dir": smoke.SMOKE_DATA, "max_input_len": smoke.SMOKE_MAX_INPUT_LEN,
+                "subsets": sorted(p.stem for p in smoke.SMOKE_DATA.glob("*.jsonl"))}
+
     def subsets(self) -> list[str]:
         return list(self._subsets)
 

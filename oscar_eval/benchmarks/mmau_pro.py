@@ -102,6 +102,11 @@ class MMAUPro:
     def subsets(self) -> list[str]:
         return list(self._subsets)
 
+    @classmethod
+    def selection(cls) -> list[str]:
+        """What a run chooses among, for `oscar-eval list` (from the task config; no data needed)."""
+        return [f"subsets (--subsets): {', '.join(GROUPS)} (default: {', '.join(DEFAULT_GROUPS)})"]
+
     @staticmethod
     def smoke_configuration() -> dict:
         """Tiny random Qwen3-Omni + generated fixture + stand-in judge (oscar_eval.smoke.mmau)."""

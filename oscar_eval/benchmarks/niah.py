@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from oscar_eval.benchmarks import load_task_config
-from oscar_eval.benchmarks.base import Item, ItemError
+from oscar_eval.benchmarks.base import Item, ItemError, data_file
 from oscar_eval.benchmarks.options import Option
 from oscar_eval.errors import UserError
 from oscar_eval.scoring.cells import cell_means
@@ -172,10 +172,13 @@ class NeedleInAHaystack:
     # -- configuration -----------------------------------------------------------------------
     @classmethod
     def default_data(cls, options: dict, model: Any) -> tuple[Path | None, dict]:
-        """With --model but neither --data-dir nor --haystack: the Python standard library's docstrings
-        as the haystack (NOT gkamradt's Paul Graham essays; the file's name and hash say so in the
-        run's data files), written once under ``$OSCAR_EVAL_HOME/haystacks``."""
-        if model is None or options.get("haystack"):
+        """The data dir when --data-dir is not given: the folder of ``--haystack FILE``; with --model and no
+        --haystack, the Python standard library's docstrings as the haystack (NOT gkamradt's Paul Graham
+        essays; the file's name and hash say so in the run's data files), written once under
+        ``$OSCAR_EVAL_HOME/haystacks``; neither: None (the smoke configuration)."""
+        if options.get("haystack"):
+            return Path(options["haystack"]).expanduser().resolve().parent, options
+        if model is None:
             return None, options
         import sys
 
@@ -186,6 +189,13 @@ class NeedleInAHaystack:
         print(f"niah: no --haystack or --data-dir given: the haystack is the Python standard library's "
               f"docstrings ({path}), not the usual essays", file=sys.stderr)
         return path.parent, {**options, "haystack": str(path)}
+
+    @classmethod
+    def selection(cls) -> list[str]:
+        """What a run chooses among, for `oscar-eval list` (from the task config; no data needed)."""
+        cfg = load_config()
+        return [f"contexts (--contexts or --subsets, tokens, 1k = 1024; default): "
+                f"{', '.join(map(str, cfg['contexts']))}", f"depths (--depths N; default): {cfg['depths']}"]
 
     @classmethod
     def smoke_configuration(cls) -> dict:
@@ -209,15 +219,7 @@ class NeedleInAHaystack:
     def _find_files(self, haystack: str | Path | None) -> list[Path]:
         hint = self.config["data"]["hint"]
         if haystack is not None:
-            p = Path(haystack).expanduser()
-            if not p.is_absolute() and self.data_dir is not None and not p.exists():
-                p = self.data_dir / p
-            if not p.is_file():
-                raise UserError(f"haystack file {p} not found; {hint}")
-            p = p.resolve()
-            if self.data_dir is not None and not p.is_relative_to(self.data_dir.resolve()):
-                raise UserError(f"haystack file {p} is not inside --data-dir {self.data_dir}")
-            return [p]
+            return [data_file(haystack, self.data_dir, "haystack file", hint)]
         if self.data_dir is None:
             raise UserError(f"no --data-dir or --haystack given for NIAH; {hint}")
         if not self.data_dir.is_dir():

@@ -166,6 +166,12 @@ class OCRBench:
                 raise UserError(f"data dir {self.data_dir} does not exist; {HINT}")
 
     @classmethod
+    def selection(cls) -> list[str]:
+        """What a run chooses among, for `oscar-eval list` (from the task config; no data needed)."""
+        return [f"subsets (--subsets; default all): {', '.join(ocr.CATEGORIES)}",
+                f"or a group: {', '.join(ocr.GROUPS)}"]
+
+    @classmethod
     def smoke_configuration(cls) -> dict:
         """The built-in smoke run: a tiny random Qwen3-VL (built offline) + a small OCRBench.tsv fixture."""
         from oscar_eval.models import vision

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from oscar_eval.benchmarks import load_task_config
-from oscar_eval.benchmarks.base import Item, ItemError
+from oscar_eval.benchmarks.base import Item, ItemError, data_file, load_tokenizer
 from oscar_eval.benchmarks.options import Option
 from oscar_eval.benchmarks.stdlib_text import module_file, module_text
 from oscar_eval.errors import UserError
@@ -204,7 +204,7 @@ class Perplexity:
             return
         if text:
             paths = [text] if isinstance(text, (str, Path)) else list(text)
-            self._files = list(dict.fromkeys(self._resolve(p, hint) for p in paths))
+            self._files = list(dict.fromkeys(data_file(p, self.data_dir, "text file", hint) for p in paths))
         elif self.data_dir is not None:
             if not self.data_dir.is_dir():
                 raise UserError(f"data dir {self.data_dir} does not exist; {hint}")
@@ -215,17 +215,6 @@ class Perplexity:
             raise UserError(f"no --text or --data-dir given for ppl; {hint}")
         if self.data_dir is None:
             self.data_dir = Path(os.path.commonpath([str(p.parent) for p in self._files]))
-
-    def _resolve(self, value: str | Path, hint: str) -> Path:
-        p = Path(value).expanduser()
-        if not p.is_absolute() and self.data_dir is not None and not p.exists():
-            p = self.data_dir / p
-        if not p.is_file():
-            raise UserError(f"text file {p} not found; {hint}")
-        p = p.resolve()
-        if self.data_dir is not None and not p.is_relative_to(self.data_dir):
-            raise UserError(f"text file {p} is not inside --data-dir {self.data_dir}")
-        return p
 
     # -- configuration -----------------------------------------------------------------------
     @classmethod
@@ -239,6 +228,14 @@ class Perplexity:
         if model is None:
             return None, options
         return stdlib_dir(load_config()["stdlib"]["modules"]), {**options, "stdlib": True}
+
+    @classmethod
+    def selection(cls) -> list[str]:
+        """What a run chooses among, for `oscar-eval list` (from the task config; no data needed)."""
+        cfg = load_config()
+        return ["documents (--text FILE...; default: the Python standard library's docstrings)",
+                f"tokens per document (default): --prompt-tokens {cfg['prompt_tokens']}, "
+                f"--scored-tokens {cfg['scored_tokens']}"]
 
     @classmethod
     def smoke_configuration(cls) -> dict:
@@ -292,14 +289,7 @@ class Perplexity:
         if max_input_len is not None and max_input_len < need:
             raise UserError(f"--max-input-len {max_input_len} is below --prompt-tokens + --scored-tokens "
                               f"= {need}")
-        if tokenizer is None:
-            from transformers import AutoTokenizer
-
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-            except (OSError, ValueError) as exc:
-                raise UserError(f"cannot load the tokenizer of {model_path}: {str(exc).splitlines()[0]}") from None
-        self._tok = tokenizer
+        self._tok = tokenizer if tokenizer is not None else load_tokenizer(model_path)
 
     def documents(self) -> list[Document | ItemError]:
         if self.stdlib:

@@ -42,7 +42,7 @@ from typing import Any
 
 from oscar_eval.benchmarks import load_task_config
 from oscar_eval.benchmarks import ruler_tasks as rt
-from oscar_eval.benchmarks.base import Item, ItemError
+from oscar_eval.benchmarks.base import Item, ItemError, data_file
 from oscar_eval.benchmarks.options import Option
 from oscar_eval.benchmarks.stdlib_text import PROSE_MODULES as STDLIB_MODULES
 from oscar_eval.errors import UserError
@@ -130,6 +130,14 @@ class Ruler:
 
     # -- configuration ------------------------------------------------------------------------------
     @classmethod
+    def selection(cls) -> list[str]:
+        """What a run chooses among, for `oscar-eval list` (from the task config; no data needed)."""
+        cfg = load_config()
+        qa = [t for t, c in cfg["tasks"].items() if c["family"] == "qa"]
+        return [f"tasks (--tasks or --subsets; default all but {', '.join(qa)}): {', '.join(cfg['tasks'])}",
+                f"contexts (--contexts, tokens, 1k = 1024; default): {', '.join(map(str, cfg['contexts']))}"]
+
+    @classmethod
     def smoke_configuration(cls) -> dict:
         smoke = load_config().get("smoke", {})
         return {
@@ -144,8 +152,12 @@ class Ruler:
 
     @classmethod
     def default_data(cls, options: dict, model: Any) -> tuple[Path | None, dict]:
-        """The data dir without --data-dir: with --model, the folder of the wonderwords word lists the
-        tasks draw from (items are generated; nothing else is read); without: None (the smoke run)."""
+        """The data dir without --data-dir: the folder of ``--haystack FILE``; else with --model, the folder
+        of the wonderwords word lists the tasks draw from (items are generated; nothing else is read);
+        without: None (the smoke run)."""
+        haystack = options.get("haystack")
+        if haystack and str(haystack) != STDLIB_HAYSTACK:
+            return Path(haystack).expanduser().resolve().parent, options
         if model is None:
             return None, options
         import wonderwords
@@ -165,12 +177,7 @@ class Ruler:
             return None, None
         if str(haystack) == STDLIB_HAYSTACK:
             return None, STDLIB_HAYSTACK
-        p = Path(haystack).expanduser()
-        if not p.is_absolute() and self.data_dir is not None and not p.exists():
-            p = self.data_dir / p
-        if not p.is_file():
-            raise UserError(f"haystack file {p} not found; {self.config['data']['hint']}")
-        return p.resolve(), "file"
+        return data_file(haystack, self.data_dir, "haystack file", self.config["data"]["hint"]), "file"
 
     def _select_tasks(self, wanted: Any) -> list[str]:
         known = list(self.task_cfg)

@@ -94,35 +94,11 @@ def print_methods() -> None:
 
 
 def benchmark_selection(name: str) -> list[str]:
-    """What a benchmark's run chooses among, from its task config and modules (no data needed)."""
-    from oscar_eval.benchmarks import load_task_config
+    """What a benchmark's run chooses among: its class's ``selection()`` (from its task config, no data needed)."""
+    from oscar_eval.benchmarks import benchmark_class
 
-    if name == "longbench_e":
-        return [f"subsets (--subsets; default all): {', '.join(load_task_config('longbench_e.yaml')['subsets'])}"]
-    if name == "ocrbench":
-        from oscar_eval.scoring import ocrbench as ocr
-
-        return [f"subsets (--subsets; default all): {', '.join(ocr.CATEGORIES)}",
-                f"or a group: {', '.join(ocr.GROUPS)}"]
-    if name == "mmau_pro":
-        from oscar_eval.benchmarks.mmau_pro import DEFAULT_GROUPS, GROUPS
-
-        return [f"subsets (--subsets): {', '.join(GROUPS)} (default: {', '.join(DEFAULT_GROUPS)})"]
-    if name == "niah":
-        cfg = load_task_config("niah.yaml")
-        return [f"contexts (--contexts or --subsets, tokens, 1k = 1024; default): "
-                f"{', '.join(map(str, cfg['contexts']))}", f"depths (--depths N; default): {cfg['depths']}"]
-    if name == "ruler":
-        cfg = load_task_config("ruler.yaml")
-        qa = [t for t, c in cfg["tasks"].items() if c["family"] == "qa"]
-        return [f"tasks (--tasks or --subsets; default all but {', '.join(qa)}): {', '.join(cfg['tasks'])}",
-                f"contexts (--contexts, tokens, 1k = 1024; default): {', '.join(map(str, cfg['contexts']))}"]
-    if name == "ppl":
-        cfg = load_task_config("ppl.yaml")
-        return ["documents (--text FILE...; default: the Python standard library's docstrings)",
-                f"tokens per document (default): --prompt-tokens {cfg['prompt_tokens']}, "
-                f"--scored-tokens {cfg['scored_tokens']}"]
-    return []
+    selection = getattr(benchmark_class(name), "selection", None)
+    return selection() if selection is not None else []
 
 
 def print_benchmarks() -> None:
@@ -134,7 +110,7 @@ def print_benchmarks() -> None:
         aliases = [a for a, k in ALIASES.items() if k == name]
         print(f"  {name:<14} {desc}" + (f" (also: {', '.join(aliases)})" if aliases else "")
               + ("" if status == "available" else f"  [{status}]"))
-        for line in benchmark_selection(name):
+        for line in benchmark_selection(name) if status == "available" else ():
             _wrapped(line)
         options = options_of(name) if status == "available" else ()
         if options:  # what each benchmark declares (oscar_eval.benchmarks.options), one line per option

@@ -49,30 +49,27 @@ class Run:
     def benchmark(self) -> str:
         return text((self.summary or {}).get("benchmark") or self.manifest.get("benchmark"), "unknown")
 
+    def _manifest_field(self, section: str, key: str) -> Any:
+        """``manifest[section][key]``, or None: what a field the summary lacks falls back to."""
+        part = self.manifest.get(section)
+        return part.get(key) if isinstance(part, dict) else None
+
     @property
     def model_label(self) -> str:
-        model = self.manifest.get("model")
-        fallback = model.get("label") if isinstance(model, dict) else None
-        return text((self.summary or {}).get("model_label") or fallback, "unknown")
+        return text((self.summary or {}).get("model_label") or self._manifest_field("model", "label"), "unknown")
 
     @property
     def method(self) -> str:
-        method = self.manifest.get("method")
-        fallback = method.get("name") if isinstance(method, dict) else None
-        return text((self.summary or {}).get("method") or fallback, "unknown").lower()
+        return text((self.summary or {}).get("method") or self._manifest_field("method", "name"), "unknown").lower()
 
     @property
     def protocol(self) -> str:
-        settings = self.manifest.get("settings")
-        fallback = settings.get("protocol") if isinstance(settings, dict) else None
-        return text((self.summary or {}).get("protocol") or fallback, "paper")
+        return text((self.summary or {}).get("protocol") or self._manifest_field("settings", "protocol"), "paper")
 
     @property
     def bits(self) -> float | None:
-        method = self.manifest.get("method")
-        fallback = method.get("bits_per_element") if isinstance(method, dict) else None
         value = num((self.summary or {}).get("bits_per_element"))
-        return value if value is not None else num(fallback)
+        return value if value is not None else num(self._manifest_field("method", "bits_per_element"))
 
     @property
     def created(self) -> str:
@@ -94,8 +91,7 @@ class Run:
         cov = self.coverage
         if cov is not None:
             return cov.get("complete") is not True
-        settings = self.manifest.get("settings")
-        return isinstance(settings, dict) and settings.get("limit") is not None
+        return self._manifest_field("settings", "limit") is not None
 
     @property
     def coverage_text(self) -> str:
@@ -110,28 +106,30 @@ class Run:
 
 
 @dataclass
-class SpeedFile:
-    """One ``speed/<name>.json``."""
+class MeasurementFile:
+    """What a ``speed/`` and a ``kernels/`` JSON file share: its name (the stem), the environment it was
+    measured in, the GPU's measured peak bandwidth and its result rows."""
 
     name: str
     env: dict[str, Any]
     peak_bandwidth_gbps: float | None
     rows: list[dict[str, Any]]
     note: str = ""  # free text the measurer added (e.g. which commit the sources are)
+
+
+@dataclass
+class SpeedFile(MeasurementFile):
+    """One ``speed/<name>.json``."""
+
     created: str = ""  # ISO time the run started ("" in older files: they sort first)
     partial: bool = False  # the profiler stopped early (time limit): not a complete run
 
 
 @dataclass
-class KernelFile:
+class KernelFile(MeasurementFile):
     """One ``kernels/<name>.json`` (scripts/bench_kernels.py): decode rows and pack timings."""
 
-    name: str
-    env: dict[str, Any]
-    peak_bandwidth_gbps: float | None
-    rows: list[dict[str, Any]]
-    pack: dict[str, Any]
-    note: str = ""
+    pack: dict[str, Any] = field(default_factory=dict)
 
     @property
     def date(self) -> str:
@@ -220,28 +218,28 @@ def load_store(root: str | Path, include_smoke: bool = False) -> Store:
             _read_records(run_dir / "records.jsonl", run, store.problems)
         store.runs.append(run)
     for path in sorted((store.root / "speed").glob("*.json")):
-        data = _read_json(path, store.problems)
-        if data is None:
-            continue
-        rows = data.get("rows")
-        if not isinstance(rows, list):
-            store.problems.append(f"{path}: no 'rows' list; skipped")
-            continue
-        env = data.get("env") if isinstance(data.get("env"), dict) else {}
-        good = [r for r in rows if isinstance(r, dict)]
-        note = data.get("note") if isinstance(data.get("note"), str) else ""
-        store.speed.append(SpeedFile(path.stem, env, num(data.get("peak_bandwidth_gbps")), good, note,
-                                     text(data.get("created")), data.get("partial") is True))
+        if (read := _read_measurement(path, store.problems)) is not None:
+            data, common = read
+            store.speed.append(SpeedFile(**common, created=text(data.get("created")),
+                                         partial=data.get("partial") is True))
     for path in sorted((store.root / "kernels").glob("*.json")):
-        data = _read_json(path, store.problems)
-        if data is None:
-            continue
-        if not isinstance(data.get("rows"), list):
-            store.problems.append(f"{path}: no 'rows' list; skipped")
-            continue
-        env = data.get("env") if isinstance(data.get("env"), dict) else {}
-        pack = data.get("pack") if isinstance(data.get("pack"), dict) else {}
-        note = data.get("note") if isinstance(data.get("note"), str) else ""
-        store.kernels.append(KernelFile(path.stem, env, num(data.get("peak_bandwidth_gbps")),
-                                        [r for r in data["rows"] if isinstance(r, dict)], pack, note))
+        if (read := _read_measurement(path, store.problems)) is not None:
+            data, common = read
+            pack = data.get("pack") if isinstance(data.get("pack"), dict) else {}
+            store.kernels.append(KernelFile(**common, pack=pack))
     return store
+
+
+def _read_measurement(path: Path, problems: list[str]) -> tuple[dict, dict[str, Any]] | None:
+    """A speed/kernels JSON file and the :class:`MeasurementFile` fields read from it; None (and a
+    problem noted) when it is unreadable or has no ``rows`` list."""
+    data = _read_json(path, problems)
+    if data is None:
+        return None
+    if not isinstance(data.get("rows"), list):
+        problems.append(f"{path}: no 'rows' list; skipped")
+        return None
+    return data, {"name": path.stem, "env": data.get("env") if isinstance(data.get("env"), dict) else {},
+                  "peak_bandwidth_gbps": num(data.get("peak_bandwidth_gbps")),
+                  "rows": [r for r in data["rows"] if isinstance(r, dict)],
+                  "note": data.get("note") if isinstance(data.get("note"), str) else ""}

@@ -1,14 +1,10 @@
-"""Cache tests: tiny tensors, so one intra-op thread is fastest (and immune to an oversubscribed machine)."""
+"""Cache tests: tiny tensors, so one intra-op thread for every test (tests/conftest.py's ``one_thread``)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(n)

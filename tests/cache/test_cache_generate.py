@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import ARCHITECTURES, generate, llama, qwen3
+from tiny_models import generate, llama, qwen3
 from transformers import DynamicCache
 
 import oscar_core as oc
@@ -15,13 +15,8 @@ QUANT_METHODS = ["kivi", "oscar", "quarot"]
 R = 32  # a small window so that short generations cross several flushes
 
 
-@pytest.fixture(scope="module", params=list(ARCHITECTURES))
-def arch(request):
-    return request.param, *ARCHITECTURES[request.param]()
-
-
-def test_fp16_is_token_identical_to_default_cache(arch):
-    name, model, inputs = arch
+def test_fp16_is_token_identical_to_default_cache(tiny_arch):
+    name, model, inputs = tiny_arch
     x = inputs(40)
     ref_seq, ref_logits = generate(model, x, DynamicCache(config=model.config.get_text_config()), 25)
     cache = oc.make_cache(model, "fp16")
@@ -35,8 +30,8 @@ SMALL = {"group_size": 16, "residual_length": 16}
 
 
 @pytest.mark.parametrize("method", QUANT_METHODS)
-def test_packed_and_fake_quant_paths_give_identical_logits(arch, method):
-    name, model, inputs = arch
+def test_packed_and_fake_quant_paths_give_identical_logits(tiny_arch, method):
+    name, model, inputs = tiny_arch
     x = inputs(21)  # 16 prompt tokens quantized at once, 5 in the window
     small = SMALL if method != "quarot" else {"residual_length": 16}
     packed = oc.make_cache(model, method, **small)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from oscar_eval import checkpoints as ck
+from oscar_eval import provenance
 from oscar_eval.cli import UserError
 
 from .conftest import error_line, run_cli
@@ -151,7 +152,6 @@ def single(tiny_gguf: Path) -> ck.Checkpoint:
 
 
 def test_short_name_converts_once_into_a_recorded_folder(tiny_gguf, home, site, registry, monkeypatch):
-    from oscar_eval import provenance
     from oscar_eval.models import load_model, resolve_model_path
 
     data = tiny_gguf.read_bytes()
@@ -203,7 +203,7 @@ def test_chunks_reassemble_in_order_and_are_verified(tiny_gguf, home, site, regi
     folder = ck.resolve("fake-chunked")
     assembled = home / "gguf" / folder.name / "fake.gguf"
     assert assembled.read_bytes() == data
-    assert ck.model_source(folder)["packages"] == {f"oe-fake-part{n}": "1.0" for n in (1, 2, 3)}
+    assert provenance.model_source(folder)["packages"] == {f"oe-fake-part{n}": "1.0" for n in (1, 2, 3)}
     assert not list(assembled.parent.glob(".tmp-*"))
 
 
@@ -270,7 +270,7 @@ def test_unknown_name_lists_the_known_checkpoints(home):
 
 def test_gguf_file_and_folder_resolution(tiny_gguf, tmp_path, home):
     folder = ck.resolve(str(tiny_gguf))
-    assert ck.model_source(folder)["path"] == str(tiny_gguf.resolve())
+    assert provenance.model_source(folder)["path"] == str(tiny_gguf.resolve())
     assert ck.resolve(tiny_gguf.parent) == folder  # the folder holding exactly one .gguf
     with pytest.raises(UserError, match="no such GGUF file"):
         ck.resolve(tmp_path / "missing.gguf")

@@ -92,24 +92,22 @@ def test_count_and_retrieval_share_of_numbers():
 
 
 # -- code edit similarity ----------------------------------------------------------------------
-def test_code_sim_first_line_that_is_not_a_comment():
-    assert lb.code_sim_score("\n# explain\n    return x\n", "    return x") == 1.0
-    assert lb.code_sim_score("```python\nfoo()\n```", "foo()") == 1.0
-    assert lb.code_sim_score("// c-style\nint x;", "int x;") == 1.0
-
-
-def test_code_sim_fuzz_ratio_rounded_to_percent():
-    # InDel distance 2 over 8 characters -> 75
-    assert lb.code_sim_score("abcd", "abce") == 0.75
+@pytest.mark.parametrize(("prediction", "reference", "expected"), [
+    # the first line that is not a comment is compared
+    pytest.param("\n# explain\n    return x\n", "    return x", 1.0, id="hash-comment-skipped"),
+    pytest.param("```python\nfoo()\n```", "foo()", 1.0, id="code-fence-skipped"),
+    pytest.param("// c-style\nint x;", "int x;", 1.0, id="slash-comment-skipped"),
+    # fuzz ratio rounded to a percent: InDel distance 2 over 8 characters -> 75
+    pytest.param("abcd", "abce", 0.75, id="ratio-75"),
     # 100 * (1 - 1/7) = 85.71 -> 86 (fuzzywuzzy rounds to an integer percentage)
-    assert lb.code_sim_score("abcd", "abc") == 0.86
-
-
-def test_code_sim_empty_sides_and_blank_line_rule():
-    assert lb.code_sim_score("", "foo()") == 0.0
-    assert lb.code_sim_score("# only a comment", "foo()") == 0.0
+    pytest.param("abcd", "abc", 0.86, id="ratio-rounded"),
+    pytest.param("", "foo()", 0.0, id="empty-prediction"),
+    pytest.param("# only a comment", "foo()", 0.0, id="only-a-comment"),
     # Official rule: a blank line after a comment *is* the chosen line (lm-eval skips blank lines).
-    assert lb.code_sim_score("x = 1  # c\n\nfoo()", "foo()") == 0.0
+    pytest.param("x = 1  # c\n\nfoo()", "foo()", 0.0, id="blank-line-after-comment"),
+])
+def test_code_sim(prediction, reference, expected):
+    assert lb.code_sim_score(prediction, reference) == expected
 
 
 # -- first-line rule ---------------------------------------------------------------------------

@@ -261,6 +261,21 @@ def test_user_haystack_file(capsys, tmp_path, smoke_model):
     assert [r["item_id"] for r in _records(run_dir)] == ["600/0", "600/100"]
 
 
+def test_relative_data_dir_with_a_haystack_name(capsys, tmp_path, smoke_model, monkeypatch):
+    # --data-dir relative to the working directory and --haystack a name inside it: the manifest records
+    # the file relative to that folder (it once raised ValueError: an absolute file against a relative dir)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "my_hay.txt").write_text((SMOKE_DATA / "haystack.txt").read_text())
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _run(capsys, "run", "niah", "--model", str(smoke_model), "--method", "fp16", "--data-dir",
+                          "data", "--haystack", "my_hay.txt", "--contexts", "600", "--depths", "2",
+                          "--results", "res", "--no-progress")
+    assert code == 0, err
+    (run_dir,) = (tmp_path / "res" / "runs").iterdir()
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert list(m["data"]["files"]) == ["my_hay.txt"] and m["data"]["dir"] == str((tmp_path / "data").resolve())
+
+
 def test_model_without_haystack_uses_the_labelled_stdlib_docstrings(capsys, tmp_path, smoke_model, monkeypatch):
     monkeypatch.setenv("OSCAR_EVAL_HOME", str(tmp_path / "home"))
     code, out, err = _run(capsys, "run", "niah", "--model", str(smoke_model), "--method", "fp16", "--contexts", "600",

@@ -138,16 +138,22 @@ def test_every_item_failed_exits_non_zero(capsys, tmp_path, smoke_cache, monkeyp
     assert code == 1 and "2 item(s) failed" in err
 
 
-def test_resume_retries_failed_items_and_counts_each_once(capsys, tmp_path, smoke_cache, monkeypatch):
+def _run_with_one_failure(capsys, tmp_path, monkeypatch, failing: int) -> tuple[list[str], list[str], Path]:
+    """The smoke run over trec_e with item ``failing`` failing (exit 1): ``(item ids, args, run folder)``."""
     from oscar_eval.benchmarks.longbench_e import LongBenchE
     from oscar_eval.smoke import SMOKE_DATA
 
     ids = [it.item_id for it in LongBenchE(SMOKE_DATA, ["trec_e"]).items("trec_e")]
     args = [*ARGS, "--results", str(tmp_path)]
     with monkeypatch.context() as m:
-        _failing_generate(m, {ids[1]})
+        _failing_generate(m, {ids[failing]})
         assert run_cli(capsys, *args)[0] == 1
     (run_dir,) = _runs(tmp_path)
+    return ids, args, run_dir
+
+
+def test_resume_retries_failed_items_and_counts_each_once(capsys, tmp_path, smoke_cache, monkeypatch):
+    ids, args, run_dir = _run_with_one_failure(capsys, tmp_path, monkeypatch, 1)
     assert [r["status"] for r in _lines(run_dir)] == ["ok", "failed", "ok"]
     code, _, err = run_cli(capsys, *args, "--resume")
     assert code == 0 and "2 item(s) already recorded were skipped" in err
@@ -159,15 +165,7 @@ def test_resume_retries_failed_items_and_counts_each_once(capsys, tmp_path, smok
 
 
 def test_retry_failed_runs_only_the_failed_items(capsys, tmp_path, smoke_cache, monkeypatch):
-    from oscar_eval.benchmarks.longbench_e import LongBenchE
-    from oscar_eval.smoke import SMOKE_DATA
-
-    ids = [it.item_id for it in LongBenchE(SMOKE_DATA, ["trec_e"]).items("trec_e")]
-    args = [*ARGS, "--results", str(tmp_path)]
-    with monkeypatch.context() as m:
-        _failing_generate(m, {ids[0]})
-        assert run_cli(capsys, *args)[0] == 1
-    (run_dir,) = _runs(tmp_path)
+    ids, args, run_dir = _run_with_one_failure(capsys, tmp_path, monkeypatch, 0)
     lines = (run_dir / "records.jsonl").read_text().splitlines(keepends=True)
     (run_dir / "records.jsonl").write_text("".join(lines[:2]))  # the third item never ran (killed)
     code, _, err = run_cli(capsys, *args, "--retry-failed")

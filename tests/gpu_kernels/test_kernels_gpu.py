@@ -87,10 +87,15 @@ def _setup(b, hq, hkv, cap, r, seed, dtype=torch.bfloat16, d=128):
     return q, keys, values, rk, rv
 
 
+def _lengths(quantized: list[int], residual: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(qlens, rlens)``: per-sequence quantized and window token counts, int32 on the device."""
+    return (torch.tensor(quantized, dtype=torch.int32, device="cuda"),
+            torch.tensor(residual, dtype=torch.int32, device="cuda"))
+
+
 def _decode_three_sequences_checked(q, keys, values, rk, rv):
     """Decode a full, a partial and a window-only sequence; each within 1e-2 of the fp32 reference."""
-    ql = torch.tensor([2048, 1024 + 32, 0], dtype=torch.int32, device="cuda")
-    rl = torch.tensor([0, 37, 128], dtype=torch.int32, device="cuda")
+    ql, rl = _lengths([2048, 1024 + 32, 0], [0, 37, 128])
     out = torch.full_like(q, float("nan"))
     K.decode_attention(q, keys, values, ql, rk, rv, rl, out=out)
     ref = K.decode_attention_reference(q, keys, values, ql, rk, rv, rl)
@@ -117,8 +122,7 @@ def test_decode_matches_float32_reference(dtype, hq, hkv, d):
 def test_decode_many_splits_and_empty_sequence(d):
     b, hq, hkv, cap, r = 2, 32, 8, 8192, 16
     q, keys, values, rk, rv = _setup(b, hq, hkv, cap, r, seed=7 + d, d=d)
-    ql = torch.tensor([8192, 0], dtype=torch.int32, device="cuda")
-    rl = torch.tensor([16, 0], dtype=torch.int32, device="cuda")
+    ql, rl = _lengths([8192, 0], [16, 0])
     for splits in (1, 3, 64, 256):
         out = K.decode_attention(q, keys, values, ql, rk, rv, rl, num_splits=splits)
         ref = K.decode_attention_reference(q, keys, values, ql, rk, rv, rl)
@@ -130,8 +134,7 @@ def test_decode_many_splits_and_empty_sequence(d):
 def test_decode_is_graph_capturable_with_device_lengths(d):
     b, hq, hkv, cap, r = 2, 32, 8, 1024, 128
     q, keys, values, rk, rv = _setup(b, hq, hkv, cap, r, seed=11 + d, d=d)
-    ql = torch.tensor([1024, 512], dtype=torch.int32, device="cuda")
-    rl = torch.tensor([3, 100], dtype=torch.int32, device="cuda")
+    ql, rl = _lengths([1024, 512], [3, 100])
     out = torch.empty_like(q)
     ws = K.make_decode_workspace(hq, keys, r)
     s = torch.cuda.Stream()
@@ -155,8 +158,7 @@ def test_decode_is_graph_capturable_with_device_lengths(d):
 def test_decode_workspace_reuse_is_deterministic(d):
     b, hq, hkv, cap, r = 1, 32, 8, 4096, 128
     q, keys, values, rk, rv = _setup(b, hq, hkv, cap, r, seed=12 + d, d=d)
-    ql = torch.tensor([4096], dtype=torch.int32, device="cuda")
-    rl = torch.tensor([100], dtype=torch.int32, device="cuda")
+    ql, rl = _lengths([4096], [100])
     ws = K.make_decode_workspace(hq, keys, r)
     first = K.decode_attention(q, keys, values, ql, rk, rv, rl, workspace=ws)
     for _ in range(5):

@@ -1,15 +1,11 @@
-"""tests/methods: the issue-4 baselines (rotatekv, ott, turboquant+/turboquant) on tiny models."""
+"""tests/methods: the issue-4 baselines (rotatekv, ott, turboquant+/turboquant) on tiny models; one intra-op
+thread for every test (tests/conftest.py's ``one_thread``)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest (and immune to an oversubscribed CI machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(n)

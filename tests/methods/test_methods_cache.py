@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import ARCHITECTURES, generate, llama, qwen3
+from tiny_models import generate, llama, qwen3
 
 import oscar_core as oc
 from oscar_core.cache import QuantizedKVCache
@@ -19,13 +19,8 @@ def test_registry_order():
         assert oc.get_method(name).name == name
 
 
-@pytest.fixture(scope="module", params=list(ARCHITECTURES))
-def arch(request):
-    return request.param, *ARCHITECTURES[request.param]()
-
-
-def test_packed_and_fake_quant_agree_on_every_architecture(arch):
-    name, model, inputs = arch
+def test_packed_and_fake_quant_agree_on_every_architecture(tiny_arch):
+    name, model, inputs = tiny_arch
     x = inputs(40)
     methods = ["ott", "turboquant+"] + (["turboquant"] if name == "llama" else [])
     _, ref = generate(model, x, oc.make_cache(model, "fp16"), 25)

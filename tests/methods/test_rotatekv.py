@@ -36,6 +36,17 @@ def _random_calibration(model, path, seed=0):
     return perms
 
 
+def _assert_unquantized_transform_path_exact(model, x, new_tokens: int = 10):
+    """Generate through rotatekv with the quantizer off (identity calibration, quantized prefill: every
+    token goes through undo-RoPE, rotate, permute and back): the logits are the fp16 cache's. Returns the cache."""
+    _, ref = generate(model, x, oc.make_cache(model, "fp16"), new_tokens)
+    cache = oc.make_cache(model, "rotatekv", calibration="identity", no_quant=True, quantized_prefill=True,
+                          residual_length=16)
+    _, got = generate(model, x, cache, new_tokens)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    return cache
+
+
 @pytest.mark.parametrize("build", [llama, qwen3], ids=["llama", "qwen3"])
 def test_transform_path_reproduces_the_model_without_quantization(build, tmp_path):
     model, inputs = build(**KV4)
@@ -59,12 +70,7 @@ def test_llama3_rope_scaling_is_undone_exactly():
     rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
     model, inputs = llama(rope_parameters=rope, **KV4)
-    x = inputs(40)
-    _, ref = generate(model, x, oc.make_cache(model, "fp16"), 10)
-    cache = oc.make_cache(model, "rotatekv", calibration="identity", no_quant=True, quantized_prefill=True,
-                          residual_length=16)
-    _, got = generate(model, x, cache, 10)
-    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    _assert_unquantized_transform_path_exact(model, inputs(40))
 
 
 def test_sinks_are_the_massive_activation_tokens_kept_in_full_precision():
@@ -224,12 +230,7 @@ def test_llava_next_language_model_is_supported(monkeypatch):
 
     monkeypatch.setitem(tiny_models._TEXT, "num_key_value_heads", 4)
     model, inputs = tiny_models.llava_next()
-    x = inputs(40)
-    _, ref = generate(model, x, oc.make_cache(model, "fp16"), 10)
-    cache = oc.make_cache(model, "rotatekv", calibration="identity", no_quant=True, quantized_prefill=True,
-                          residual_length=16)
-    _, got = generate(model, x, cache, 10)
-    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    cache = _assert_unquantized_transform_path_exact(model, inputs(40))
     assert cache.layers[0].state.per_seq[0]["sinks"].numel() > 0  # captured through the LLaVA wrapper
 
 

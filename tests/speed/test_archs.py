@@ -37,3 +37,11 @@ def test_build_config_is_a_transformers_config():
     assert type(cfg).__name__ == "LlamaConfig"
     assert cfg.num_hidden_layers == 2 and cfg.num_key_value_heads == 8 and cfg.head_dim == 128
     assert archs.build_config("qwen3-8b").intermediate_size == 12288
+
+
+@pytest.mark.parametrize("name,factor", [("llama-3.1-8b", 8.0), ("llama-3.2-3b", 32.0), ("llama-3.2-1b", 32.0)])
+def test_llama3_rope_scaling_per_model(name, factor):
+    rope = archs.get_arch(name)["rope_scaling"]
+    assert rope == {"rope_type": "llama3", "factor": factor, "original_max_position_embeddings": 8192,
+                    "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+    assert "rope_scaling" not in archs.get_arch("qwen3-8b")
