@@ -26,6 +26,8 @@ from oscar_eval.errors import UserError
 from oscar_eval.selection import describe_selection
 
 PROTOCOL = "paper"
+# Benchmarks whose runners generate left-padded batches (--batch-size); audio runs one item at a time.
+BATCHED_KINDS = ("text", "vision")
 
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -232,10 +234,10 @@ def run_benchmark(
 
     bench = get_benchmark(benchmark, data_dir=data_dir, subsets=list(subsets) if subsets else None,
                           **bench_options)
-    if batch_size > 1 and getattr(bench, "kind", "text") != "text":
+    if batch_size > 1 and getattr(bench, "kind", "text") not in BATCHED_KINDS:
         kind = getattr(bench, "kind", "?")
         raise UserError(f"--batch-size {batch_size}: {benchmark} runs its items one at a time ({kind} inputs); "
-                        "batching is for text generation benchmarks")
+                        f"batching is for {' and '.join(BATCHED_KINDS)} generation benchmarks")
     gen_cfg = getattr(bench, "config", {}).get("generation", {})
     max_input_len = int(max_input_len or gen_cfg.get("max_input_len", 32768))
 

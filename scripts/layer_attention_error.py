@@ -37,6 +37,9 @@ DEFAULT_METHODS = {
     "oscar_neither": ("oscar", {"rotation": False, "token_scaling": False}),
     "oscar_auto": ("oscar", {"key_basis": "auto"}),  # the key basis chosen per layer at prefill
     "quarot": ("quarot", {}),
+    "ott": ("ott", {}),
+    "turboquant+": ("turboquant+", {}),
+    "turboquant": ("turboquant", {}),
 }
 
 
@@ -79,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-tokens", type=int, default=1920, help="committed as the prompt (default 1920)")
     p.add_argument("--steps", type=int, default=64, help="decode steps measured after it (default 64)")
     p.add_argument("--method", action="append", dest="methods", metavar="LABEL=NAME:K=V,...",
-                   help="repeatable; default: kivi, oscar, its ablations and key_basis=auto, quarot")
+                   help="repeatable; default: kivi, oscar, its ablations and key_basis=auto, quarot, ott, "
+                        "turboquant+, turboquant")
     p.add_argument("--rotatekv-calibration", type=Path, help="add rotatekv with this calibration file")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--tni-out", type=Path, help="also write `oscar-eval tni` (tni.json + heatmap) on the same "

@@ -1,8 +1,8 @@
 """Vision-language models: loading (local files only), the :class:`VisionRunner`, the vision smoke model.
 
 The runner follows VLMEvalKit's model classes: one user turn holding the image(s) then the question,
-rendered by the model's own chat template, then the processor; greedy decoding; batch 1; the KV cache
-passed to ``generate``. Model-specific image handling as VLMEvalKit does it on OCRBench:
+rendered by the model's own chat template, then the processor; greedy decoding; the KV cache passed to
+``generate``; batch 1 or a left-padded batch (``--batch-size``) that gives each item batch 1's tokens. Model-specific image handling as VLMEvalKit does it on OCRBench:
 
 - Qwen2/2.5/3-VL: ``min_pixels = 10*10*f*f`` with ``f = patch_size*merge_size`` (``10*10*32*32`` for
   Qwen3-VL), ``max_pixels`` the processor's default (VLMEvalKit resizes with ``qwen_vl_utils``; the
@@ -187,12 +187,52 @@ class VisionRunner:
                 return im.convert("RGB")
         return image.convert("RGB")
 
+    def prompt_tokens(self, item: Any) -> int:
+        """The prompt's length in tokens, image tokens included (what a batch pads to)."""
+        return int(self.build_inputs(item)[0]["input_ids"].shape[1])
+
+    def batch_key(self, item: Any) -> tuple:
+        # One processor call per batch: its items share the image arguments; within that, similar lengths.
+        return (json.dumps(self.image_kwargs(item), sort_keys=True), self.prompt_tokens(item))
+
+    def _stop_ids(self) -> list[int]:
+        tok = self.processor.tokenizer
+        eos = self.loaded.model.generation_config.eos_token_id
+        eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        if tok.eos_token_id is not None and tok.eos_token_id not in eos_ids:
+            eos_ids.append(tok.eos_token_id)
+        return eos_ids
+
+    def _batch_inputs(self, items: list[Any]) -> tuple[Any, list[str]]:
+        """The processor on the whole batch, left-padded (the cache aligns each row to its first token)."""
+        kwargs = {json.dumps(self.image_kwargs(it), sort_keys=True) for it in items}
+        if len(kwargs) > 1:
+            raise ValueError("items of one batch must share their image arguments")
+        texts = [self.processor.apply_chat_template(self.messages(it), add_generation_prompt=True, tokenize=False)
+                 for it in items]
+        images = [self._open(im) for it in items for im in it.images]
+        tok = self.processor.tokenizer
+        side = tok.padding_side
+        tok.padding_side = "left"
+        try:
+            extra = {"padding": True} if len(items) > 1 else {}
+            inputs = self.processor(text=texts, images=images or None, return_tensors="pt",
+                                    **self.image_kwargs(items[0]), **extra)
+        finally:
+            tok.padding_side = side
+        return inputs, texts
+
     def generate(self, item: Any, cache: Any) -> Generation:
+        return self.generate_batch([item], cache)[0]
+
+    def generate_batch(self, items: list[Any], cache: Any) -> list[Generation]:
+        """Greedy generation for the items at once: the longest ``max_new_tokens`` of the batch, then each
+        row cut at its own limit and first stop token (generate pads a finished row): batch 1's tokens."""
         import torch
 
         model = self.loaded.model
         tok = self.processor.tokenizer
-        inputs, text = self.build_inputs(item)
+        inputs, texts = self._batch_inputs(items)
         device = getattr(model, "device", self.loaded.device)
         batch = {}
         for k, v in inputs.items():
@@ -201,28 +241,34 @@ class VisionRunner:
                 if torch.is_floating_point(v):
                     v = v.to(model.dtype)
             batch[k] = v
-        eos = model.generation_config.eos_token_id
-        eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-        if tok.eos_token_id is not None and tok.eos_token_id not in eos_ids:
-            eos_ids.append(tok.eos_token_id)
+        eos_ids = self._stop_ids()
         pad = tok.pad_token_id if tok.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
         kwargs: dict[str, Any] = {}
         if cache is not None:
             kwargs[cache_kwarg()] = cache
-        n_in = int(batch["input_ids"].shape[1])
+        width = int(batch["input_ids"].shape[1])
         with torch.inference_mode():
-            out = model.generate(**batch, max_new_tokens=item.max_new_tokens, do_sample=False, num_beams=1,
-                                 eos_token_id=eos_ids or None, pad_token_id=pad, **kwargs)
-        new = out[0, n_in:]
-        prediction = tok.decode(new, skip_special_tokens=True)
-        if "</think>" in prediction:  # thinking variants: keep the answer after the reasoning
-            prediction = prediction.split("</think>")[-1]
-        digest = hashlib.sha256(text.encode("utf-8"))
-        for im in item.images:
-            data = getattr(im, "data", None)
-            if isinstance(data, bytes):
-                digest.update(hashlib.sha256(data).digest())
-        return Generation(prediction.strip(), n_in, False, int(new.numel()), digest.hexdigest())
+            out = model.generate(**batch, max_new_tokens=max(it.max_new_tokens for it in items), do_sample=False,
+                                 num_beams=1, eos_token_id=eos_ids or None, pad_token_id=pad, **kwargs)
+        lengths = batch["attention_mask"].sum(dim=1).tolist() if "attention_mask" in batch else [width] * len(items)
+        stop_set = set(eos_ids)
+        gens = []
+        for row, (item, text) in enumerate(zip(items, texts, strict=True)):
+            new = out[row, width:width + item.max_new_tokens].tolist()
+            for i, t in enumerate(new):
+                if t in stop_set:
+                    new = new[:i + 1]
+                    break
+            prediction = tok.decode(new, skip_special_tokens=True)
+            if "</think>" in prediction:  # thinking variants: keep the answer after the reasoning
+                prediction = prediction.split("</think>")[-1]
+            digest = hashlib.sha256(text.encode("utf-8"))
+            for im in item.images:
+                data = getattr(im, "data", None)
+                if isinstance(data, bytes):
+                    digest.update(hashlib.sha256(data).digest())
+            gens.append(Generation(prediction.strip(), int(lengths[row]), False, len(new), digest.hexdigest()))
+        return gens
 
 
 # -- the vision smoke configuration ------------------------------------------------------------------

@@ -9,7 +9,8 @@ from typing import Any
 from oscar_eval.report import figures, kernels, speed_plots
 from oscar_eval.report.efficiency import rows_table, speed_rows
 from oscar_eval.report.headline import headline_table
-from oscar_eval.report.labels import RANDOM_WEIGHTS, all_labels, is_real, is_smoke
+from oscar_eval.report.labels import RANDOM_WEIGHTS, all_labels, is_real, is_smoke, shown_as_sample
+from oscar_eval.report.layer_errors import layer_error_section
 from oscar_eval.report.model import Report, Section, TextTable, slug
 from oscar_eval.report.paper import load_paper, method_sort_key
 from oscar_eval.report.real import real_section
@@ -142,7 +143,7 @@ def failures_section(store: Store, refs: dict[str, str]) -> Section | None:
 
 def partial_section(store: Store, refs: dict[str, str]) -> Section | None:
     """Runs that did not cover their whole data set: kept out of every table, listed here."""
-    runs = sorted((r for r in store.runs if r.partial), key=lambda r: int(refs[r.run_id][1:]))
+    runs = sorted((r for r in store.runs if r.partial and not shown_as_sample(r)), key=lambda r: int(refs[r.run_id][1:]))
     if not runs:
         return None
     rows = [[refs[r.run_id], r.benchmark, r.model_label, r.method, r.coverage_text, all_labels(r)] for r in runs]
@@ -224,6 +225,8 @@ def build(store: Store, title: str, generated: str, aliases: dict[str, str] | No
         superseded += select(others_runs, benchmark, protocol, aliases).superseded
     if real := real_section(shown, refs):
         sections.append(real)
+    if layers := layer_error_section(store.root, problems):
+        sections.append(layers)
     sections.append(efficiency_section(store, refs, problems))
     extra = [figures.tni_heatmaps(store.root, problems)]
     if extra[0].png is not None:

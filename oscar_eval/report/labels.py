@@ -39,10 +39,18 @@ def gguf_label(run: Run) -> str | None:
     return f"GGUF-derived weights ({quant})" if quant else "GGUF-derived weights"
 
 
+def shown_as_sample(run: Run) -> bool:
+    """A real-checkpoint RULER run of N samples per task, all scored: shown in the real-checkpoint
+    tables, labelled with N, though it covers fewer than RULER's default samples."""
+    return is_real(run) and run.samples_per_task is not None
+
+
 def coverage_label(run: Run) -> str | None:
     """``partial: 37/220 items`` for a run that did not cover its whole data set, else None."""
     if not run.partial:
         return None
+    if shown_as_sample(run):
+        return f"{run.samples_per_task} samples/task"
     cov = run.coverage
     if cov is None:
         return "partial: --limit (coverage not recorded)"

@@ -30,17 +30,26 @@ def load_paper() -> dict[str, Any]:
     return json.loads(ref.read_text(encoding="utf-8"))
 
 
-def method_sort_key(method: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+def _split_variant(method: str) -> tuple[str, str]:
+    """``oscar[key_basis=auto]`` -> (``oscar``, ``key_basis=auto``) (store.method_key's format)."""
+    base, _, rest = method.partition("[")
+    return base, rest.removesuffix("]")
+
+
+def method_sort_key(method: str) -> tuple[int, str, str]:
+    base, variant = _split_variant(method)
+    return (METHOD_ORDER.index(base), "", variant) if base in METHOD_ORDER else (len(METHOD_ORDER), base, variant)
 
 
 def method_label(method: str) -> str:
-    meta = load_paper()["methods"].get(method)
-    return meta["label"] if meta else method
+    base, variant = _split_variant(method)
+    meta = load_paper()["methods"].get(base)
+    label = meta["label"] if meta else base
+    return f"{label} ({variant})" if variant else label
 
 
 def paper_bits_label(method: str) -> str | None:
-    meta = load_paper()["methods"].get(method)
+    meta = load_paper()["methods"].get(method)  # a variant is not the paper's configuration: no bits label
     return meta["bits_label"] if meta else None
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from oscar_eval.report import plots
-from oscar_eval.report.labels import gguf_label, is_real
+from oscar_eval.report.labels import gguf_label, is_real, shown_as_sample
 from oscar_eval.report.model import Cell, Figure, Row, Section, Table, slug
 from oscar_eval.report.paper import method_label, method_sort_key
 from oscar_eval.report.plots import tokens
@@ -46,7 +46,9 @@ def model_table(model: str, runs: list[Run], refs: dict[str, str]) -> Table:
         cells, bits = [], set()
         for header, _, value in cols:
             run = newest.get((method, _benchmark_of(header)))
-            cells.append(Cell() if run is None else Cell(value(run), ref=refs.get(run.run_id), flag=caveats(run)))
+            sample = [f"{n} samples/task"] if run is not None and (n := run.samples_per_task) else []
+            cells.append(Cell() if run is None else Cell(value(run), ref=refs.get(run.run_id), flag=caveats(run),
+                                                         labels=sample))
             if run is not None and run.bits is not None:
                 bits.add(round(run.bits, 2))
         rows.append(Row(method, method_label(method), cells, bits_ours=" / ".join(f"{b:.2f}" for b in sorted(bits))
@@ -55,6 +57,9 @@ def model_table(model: str, runs: list[Run], refs: dict[str, str]) -> Table:
                   col_decimals=[c[1] for c in cols])
     ordered = sorted(newest.values(), key=lambda r: int(refs.get(r.run_id, "R0")[1:]))
     table.notes.append(decode_path_note(ordered, refs) or "Decode path: not recorded by these runs.")
+    if any(r.samples_per_task for r in newest.values()):
+        table.notes.append("RULER: the first N of each task's seeded samples at each context (N samples/task; "
+                           "RULER's own default is 500), every one scored.")
     table.notes.append("PPL and KL: lower is better; KL is to the same model's full-precision forward. Bits per "
                        "element include the full-precision window at these lengths.")
     return table
@@ -74,7 +79,7 @@ def _ppl_figure(models: dict[str, list[Run]]) -> Figure:
 def real_section(runs: list[Run], refs: dict[str, str]) -> Section | None:
     models: dict[str, list[Run]] = {}
     for r in runs:
-        if is_real(r) and r.summary is not None and not r.partial:
+        if is_real(r) and r.summary is not None and (not r.partial or shown_as_sample(r)):
             models.setdefault(r.model_label, []).append(r)
     if not models:
         return None

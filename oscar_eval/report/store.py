@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,33 @@ def num(value: Any) -> float | None:
 
 def text(value: Any, default: str = "") -> str:
     return default if value is None else str(value)
+
+
+@cache
+def _default_params(method: str) -> dict[str, Any] | None:
+    try:
+        import oscar_core
+
+        return oscar_core.get_method(method).to_dict()["params"]
+    except Exception:  # noqa: BLE001 - a method this oscar_core does not know has no variants
+        return None
+
+
+def variant_params(method: str, params: Any) -> dict[str, Any]:
+    """The parameters a run set away from the method's defaults. A default of None is resolved per model
+    (RotateKV's head_group), so it is no variant; a parameter the run does not record is an older run's
+    default; one the defaults do not list is recorded only when set (OScaR's key_basis)."""
+    defaults = _default_params(method)
+    if defaults is None or not isinstance(params, dict):
+        return {}
+    return {k: v for k, v in sorted(params.items())
+            if (k not in defaults or (defaults[k] is not None and defaults[k] != v))}
+
+
+def method_key(method: str, params: Any) -> str:
+    """``oscar`` for the paper's configuration, ``oscar[key_basis=auto]`` for a variant: a row of its own."""
+    extra = variant_params(method, params)
+    return f"{method}[{','.join(f'{k}={v}' for k, v in extra.items())}]" if extra else method
 
 
 @dataclass
@@ -60,7 +88,9 @@ class Run:
 
     @property
     def method(self) -> str:
-        return text((self.summary or {}).get("method") or self._manifest_field("method", "name"), "unknown").lower()
+        """The method with its variant, if any (:func:`method_key`): never mixed up with the defaults."""
+        name = text((self.summary or {}).get("method") or self._manifest_field("method", "name"), "unknown").lower()
+        return method_key(name, self._manifest_field("method", "params"))
 
     @property
     def protocol(self) -> str:
@@ -92,6 +122,19 @@ class Run:
         if cov is not None:
             return cov.get("complete") is not True
         return self._manifest_field("settings", "limit") is not None
+
+    @property
+    def samples_per_task(self) -> int | None:
+        """For a RULER run limited to N samples per task and context (``--limit N``; RULER's generator
+        draws i.i.d. samples, so the first N of each are a sample of the task, not a subset of a fixed
+        data set) that scored every one of them: N. Otherwise None."""
+        if self.benchmark != "ruler" or self.summary is None:
+            return None
+        limit, cov = num(self._manifest_field("settings", "limit")), self.coverage
+        tasks, contexts = self.summary.get("tasks"), self.summary.get("contexts")
+        if limit is None or limit < 1 or cov is None or not isinstance(tasks, dict) or not isinstance(contexts, dict):
+            return None
+        return int(limit) if num(cov.get("done")) == limit * len(tasks) * len(contexts) else None
 
     @property
     def coverage_text(self) -> str:

@@ -1,4 +1,4 @@
-"""Make ``tni_fixture`` importable from the core tests whatever pytest's import mode."""
+"""Make ``tni_fixture`` and ``norms_oracle`` importable from the core tests whatever pytest's import mode."""
 
 import sys
 from pathlib import Path

@@ -9,6 +9,7 @@ from typing import ClassVar, Literal
 
 import pytest
 import torch
+from norms_oracle import naive_token_norms
 
 import oscar_core as oc
 from oscar_core.hadamard import hadamard_transform
@@ -378,26 +379,13 @@ def test_token_norm_sums_in_its_documented_order():
             assert torch.equal(n[b, t], total.sqrt()), (b, t)
 
 
-def _naive_norms(k: torch.Tensor) -> torch.Tensor:
-    """token_norms' documented order, vectorized over tokens, with no overflow guard (the old code)."""
-    x = k.float()
-    per_head = x[..., 0] * x[..., 0]
-    for c in range(1, x.shape[-1]):
-        per_head = per_head + x[..., c] * x[..., c]
-    total = per_head[:, 0]
-    for h in range(1, x.shape[1]):
-        total = total + per_head[:, h]
-    n = total.sqrt()
-    return torch.where(n > 0, n, torch.ones_like(n))
-
-
 def test_token_norm_overflow_guard_keeps_the_bits_where_nothing_overflowed():
     k = _keys(n=2, h=8, t=16)
     k[0, 2, 3, 7] = 2.0**62  # scaled by the guard (max >= 2^57); its sum of squares, 2^124, fits fp32
     k[1, :, 5] *= 1e17  # every element scaled: about 2^126 in all, still finite
     k[1, 0, 9, 1] = 2.0**63  # shift 7: the square of the next element, normal before, becomes subnormal
     k[1, 0, 9, 0] = 3 * 2.0**-61
-    old = _naive_norms(k)
+    old = naive_token_norms(k)
     assert torch.isfinite(old).all()
     assert torch.equal(token_norms(k), old)
 

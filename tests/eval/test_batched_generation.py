@@ -172,3 +172,6 @@ def test_batch_size_is_checked_before_anything_loads(tmp_path):
     with pytest.raises(UserError, match="one at a time"):
         run_benchmark("ppl", methods=["fp16"], results=tmp_path, batch_size=2, progress=False,
                       log=lambda m: None)
+    with pytest.raises(UserError, match="one at a time .audio inputs"):
+        run_benchmark("mmau_pro", methods=["fp16"], results=tmp_path, batch_size=2, progress=False,
+                      log=lambda m: None)

@@ -17,6 +17,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import oscar_core
+
 LB_SUBSETS = [
     "qasper_e", "multifieldqa_en_e", "hotpotqa_e", "2wikimqa_e", "gov_report_e", "multi_news_e", "trec_e",
     "triviaqa_e", "samsum_e", "passage_count_e", "passage_retrieval_en_e", "lcc_e", "repobench-p_e",
@@ -47,7 +49,7 @@ class StoreWriter:
             "schema": 1, "run_id": run_id, "benchmark": benchmark, "subsets": [],
             "model": {"label": model, "path": f"/models/{model}", "revision": "abc123", "architecture": "X",
                       "dtype": "bfloat16"},
-            "method": {"name": method, "params": params or {"bits": 2, "group_size": 32}, "bits_per_element": bits},
+            "method": {"name": method, "params": params or default_params(method), "bits_per_element": bits},
             "settings": settings,
             "data": {"dir": "/data", "files": {f"{benchmark}.jsonl": "f" * 64}},
             "env": {"oscar_eval": "0.1.0", "git_commit": "deadbeef", "python": "3.11.7", "torch": "2.13.0",
@@ -368,6 +370,14 @@ def md_row(md: str, title: str, label: str) -> list[str]:
     rows = [r for r in md_table(md, title) if r[0] == label]
     assert len(rows) == 1, f"row {label!r} under {title!r}: {rows}"
     return rows[0]
+
+
+def default_params(method: str) -> dict[str, Any]:
+    """The method's own defaults (what a run made without --set records), else a generic INT2 config."""
+    try:
+        return oscar_core.get_method(method).to_dict()["params"]
+    except ValueError:
+        return {"bits": 2, "group_size": 32}
 
 
 # --- a store with every kind of run the report must label (issue 17) ----------------------------

@@ -133,8 +133,7 @@ def test_provenance_lists_every_run(rendered):
 
 def test_newest_run_fills_a_cell_and_the_older_is_listed(writer, tmp_path):
     writer.run("longbench_e", "Llama-3.1-8B", "oscar", average=40.00, created="2026-11-01T00:00:00+00:00")
-    writer.run("longbench_e", "Llama-3.1-8B", "oscar", average=41.00, created="2026-11-02T00:00:00+00:00",
-               params={"bits": 2, "group_size": 64})
+    writer.run("longbench_e", "Llama-3.1-8B", "oscar", average=41.00, created="2026-11-02T00:00:00+00:00")
     html = render_report(writer.root, tmp_path / "r").html.read_text(encoding="utf-8")
     assert html_row(html, "table1-main", "OScaR")[3] == "41.00"
     superseded = html_tables(html)["prov-superseded"]
