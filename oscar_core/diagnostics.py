@@ -17,6 +17,7 @@ from transformers import DynamicCache
 
 from oscar_core.compat import forward_cache_kwarg
 from oscar_core.methods import MethodSpec, get_method
+from oscar_core.methods.oscar import token_norms
 from oscar_core.reference import roundtrip_keys
 
 
@@ -64,7 +65,7 @@ def analyze_keys(
     specs = [get_method(m) for m in methods]
     out = []
     for i, k in enumerate(keys):
-        norms = k.pow(2).sum(dim=(1, 3)).sqrt()[0]
+        norms = token_norms(k)[0]  # OScaR's own norm (fixed-order fp32 sum; an all-zero key counts as 1)
         median = float(norms.median())
         low = [t for t in range(len(norms)) if norms[t] < low_ratio * median]
         errors = {}

@@ -26,8 +26,8 @@ from oscar_eval.errors import UserError
 from oscar_eval.selection import describe_selection
 
 PROTOCOL = "paper"
-# Benchmarks whose runners generate left-padded batches (--batch-size); audio runs one item at a time.
-BATCHED_KINDS = ("text", "vision")
+# Benchmarks whose runners generate left-padded batches (--batch-size); ppl measures one document at a time.
+BATCHED_KINDS = ("text", "vision", "audio")
 
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -237,7 +237,7 @@ def run_benchmark(
     if batch_size > 1 and getattr(bench, "kind", "text") not in BATCHED_KINDS:
         kind = getattr(bench, "kind", "?")
         raise UserError(f"--batch-size {batch_size}: {benchmark} runs its items one at a time ({kind} inputs); "
-                        f"batching is for {' and '.join(BATCHED_KINDS)} generation benchmarks")
+                        f"batching is for the {', '.join(BATCHED_KINDS)} generation benchmarks")
     gen_cfg = getattr(bench, "config", {}).get("generation", {})
     max_input_len = int(max_input_len or gen_cfg.get("max_input_len", 32768))
 

@@ -27,6 +27,7 @@ from oscar_core.cache import PackedKVLayer
 from oscar_core.hadamard import hadamard_transform
 from oscar_core.methods import MethodSpec
 from oscar_core.methods.base import LayerState
+from oscar_core.methods.oscar import token_norms
 from oscar_core.model import inspect_model
 
 CAPTURE_ATTN = "oscar_layer_capture"
@@ -213,7 +214,7 @@ def group_range_energy(k: torch.Tensor, group: int = 32) -> float:
 @torch.no_grad()
 def key_statistics(x: LayerInputs) -> dict[str, float]:
     """Method-independent key statistics of one layer (norms over all KV heads of a token)."""
-    norms = x.k.pow(2).sum(dim=(1, 3)).sqrt()[0]  # [T]
+    norms = token_norms(x.k)[0]  # [T], OScaR's own per-token norm over all KV heads
     median = float(norms.median())
     rotated = hadamard_transform(x.k)
     out = {

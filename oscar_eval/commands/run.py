@@ -102,8 +102,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "balanced_low_0 or sequential (transformers' device_map)")
     p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16, float32 (default: auto)")
     p.add_argument("--batch-size", type=int, default=1, metavar="N",
-                   help="generate N items at once (text benchmarks; left padding, items grouped by prompt "
-                        "length; greedy tokens as at batch 1; default: 1)")
+                   help="generate N items at once (text, vision and audio benchmarks; left padding, items "
+                        "grouped by prompt length; greedy tokens as at batch 1; default: 1)")
     p.add_argument("--chat-template", action="store_true",
                    help="wrap prompts in the tokenizer's chat template (Qwen3: thinking off)")
     p.add_argument("--model-label", help="short model name used in run ids and reports")

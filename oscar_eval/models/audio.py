@@ -166,29 +166,38 @@ class AudioTextProcessor:
 
     def __call__(self, text: list[str], audio: list[np.ndarray] | None = None, return_tensors: str = "pt",
                  padding: bool = True) -> dict:
+        """Several prompts at once: the clips in prompt order, the batch left-padded (the tokenizer's pad
+        token), as the omni processor does with ``padding_side="left"``."""
         import torch
 
         out: dict[str, Any] = {}
-        prompt = text[0]
+        prompts = list(text)
         if audio:
             feats = self.feature_extractor(audio, sampling_rate=SAMPLE_RATE, padding=True, truncation=False,
                                            return_attention_mask=True, return_tensors="pt")
             mask = feats["attention_mask"]
-            counts = audio_output_lengths(mask.sum(-1), self.n_window).tolist()
-            pieces = prompt.split(self.audio_token)
-            if len(pieces) - 1 != len(audio):
-                raise ValueError(f"prompt has {len(pieces) - 1} audio placeholders for {len(audio)} audio clips")
-            prompt = pieces[0] + "".join(self.audio_token * int(n) + rest for n, rest in zip(counts, pieces[1:], strict=True))
+            counts = iter(audio_output_lengths(mask.sum(-1), self.n_window).tolist())
+            placeholders = sum(p.count(self.audio_token) for p in prompts)
+            if placeholders != len(audio):
+                raise ValueError(f"prompt has {placeholders} audio placeholders for {len(audio)} audio clips")
+            expanded = []
+            for prompt in prompts:
+                pieces = prompt.split(self.audio_token)
+                expanded.append(pieces[0] + "".join(self.audio_token * int(next(counts)) + rest for rest in pieces[1:]))
+            prompts = expanded
             out["input_features"] = feats["input_features"]
             out["feature_attention_mask"] = mask
-        ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        out["input_ids"] = ids
-        out["attention_mask"] = torch.ones_like(ids)
+        rows = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        out["input_ids"] = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
+        out["attention_mask"] = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
         return out
 
 
 class AudioRunner:
-    """Audio + text prompt -> text, greedy, batch 1, the KV cache given to the thinker."""
+    """Audio + text prompt -> text, greedy, the KV cache given to the thinker; batch 1 or a left-padded
+    batch (``--batch-size``) that gives each item batch 1's tokens."""
 
     def __init__(self, loaded: Any, max_input_len: int = 32768, chat_template: bool = True,
                  processor: Any = None) -> None:
@@ -212,38 +221,42 @@ class AudioRunner:
             self._processor = proc
         return self._processor
 
-    def build_inputs(self, item: Any) -> tuple[Any, str]:
+    def _text_and_audio(self, item: Any) -> tuple[str, list[np.ndarray]]:
         audios = [a if isinstance(a, np.ndarray) else load_audio(a) for a in item.audio]
         content: list[dict[str, Any]] = [{"type": "audio", "audio": f"audio_{i}"} for i in range(len(audios))]
         content.append({"type": "text", "text": item.prompt})
-        proc = self.processor
-        text = proc.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                        add_generation_prompt=True)
-        if isinstance(text, list):
-            text = text[0]
-        kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt", "padding": True}
+        text = self.processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                  add_generation_prompt=True)
+        return (text[0] if isinstance(text, list) else text), audios
+
+    def _process(self, texts: list[str], audios: list[np.ndarray]) -> Any:
+        """The processor on the prompts, left-padded when there are several."""
+        kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
         if audios:
             kwargs["audio"] = audios
-        inputs = proc(**kwargs)
-        return inputs, text
+        tok = getattr(self.processor, "tokenizer", None)
+        side = getattr(tok, "padding_side", None)
+        if side is not None:
+            tok.padding_side = "left"
+        try:
+            return self.processor(**kwargs)
+        finally:
+            if side is not None:
+                tok.padding_side = side
 
-    def generate(self, item: Any, cache: Any) -> Any:
-        import torch
+    def build_inputs(self, item: Any) -> tuple[Any, str]:
+        text, audios = self._text_and_audio(item)
+        return self._process([text], audios), text
 
+    def prompt_tokens(self, item: Any) -> int:
+        """The prompt's length in tokens, audio tokens included (what a batch pads to)."""
+        return int(self.build_inputs(item)[0]["input_ids"].shape[1])
+
+    def batch_key(self, item: Any) -> int:
+        return self.prompt_tokens(item)
+
+    def _stop_ids(self, tok: Any) -> list[int]:
         model = self.loaded.model
-        inputs, text = self.build_inputs(item)
-        dtype = next(model.parameters()).dtype
-        batch = {}
-        for k, v in dict(inputs).items():
-            if torch.is_tensor(v):
-                v = v.to(self.loaded.device)
-                if v.is_floating_point():
-                    v = v.to(dtype)
-            batch[k] = v
-        n_in = int(batch["input_ids"].shape[1])
-        if n_in > self.max_input_len:
-            raise ValueError(f"prompt has {n_in} tokens, more than --max-input-len {self.max_input_len}")
-        tok = getattr(self.processor, "tokenizer", None) or self.loaded.tokenizer
         eos = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
         eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
         for t in ("<|im_end|>",):
@@ -252,23 +265,59 @@ class AudioRunner:
                 eos_ids.append(tid)
         if tok.eos_token_id is not None and tok.eos_token_id not in eos_ids:
             eos_ids.append(tok.eos_token_id)
+        return eos_ids
+
+    def generate(self, item: Any, cache: Any) -> Any:
+        return self.generate_batch([item], cache)[0]
+
+    def generate_batch(self, items: list[Any], cache: Any) -> list[Generation]:
+        """Greedy generation for the items at once (left padding; the longest ``max_new_tokens``; each row
+        cut at its own limit and first stop token): the tokens each item gets alone."""
+        import torch
+
+        model = self.loaded.model
+        prompts = [self._text_and_audio(it) for it in items]
+        inputs = self._process([t for t, _ in prompts], [a for _, clips in prompts for a in clips])
+        dtype = next(model.parameters()).dtype
+        batch = {}
+        for k, v in dict(inputs).items():
+            if torch.is_tensor(v):
+                v = v.to(self.loaded.device)
+                if v.is_floating_point():
+                    v = v.to(dtype)
+            batch[k] = v
+        width = int(batch["input_ids"].shape[1])
+        lengths = (batch["attention_mask"].sum(dim=1).tolist() if "attention_mask" in batch
+                   else [width] * len(items))
+        if max(lengths) > self.max_input_len:
+            raise ValueError(f"prompt has {int(max(lengths))} tokens, more than --max-input-len {self.max_input_len}")
+        tok = getattr(self.processor, "tokenizer", None) or self.loaded.tokenizer
+        eos_ids = self._stop_ids(tok)
         pad = tok.pad_token_id if tok.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
+        limit = max(it.max_new_tokens for it in items)
         with torch.inference_mode():
             if hasattr(model, "thinker"):
-                gen_kwargs = {"thinker_max_new_tokens": item.max_new_tokens, "thinker_do_sample": False,
+                gen_kwargs = {"thinker_max_new_tokens": limit, "thinker_do_sample": False,
                               "thinker_num_beams": 1, "thinker_eos_token_id": eos_ids or None,
                               "thinker_pad_token_id": pad, "thinker_return_dict_in_generate": True}
                 if cache is not None:
                     gen_kwargs["thinker_past_key_values"] = cache
                 out = model.generate(**batch, return_audio=False, **gen_kwargs)
             else:
-                gen_kwargs = {"max_new_tokens": item.max_new_tokens, "do_sample": False, "num_beams": 1,
+                gen_kwargs = {"max_new_tokens": limit, "do_sample": False, "num_beams": 1,
                               "eos_token_id": eos_ids or None, "pad_token_id": pad,
                               "return_dict_in_generate": True}
                 if cache is not None:
                     gen_kwargs[cache_kwarg()] = cache
                 out = model.generate(**batch, **gen_kwargs)
         seqs = out[0] if isinstance(out, tuple) else getattr(out, "sequences", out)
-        new = seqs[0, n_in:]
-        prediction = tok.decode(new, skip_special_tokens=True)
-        return Generation(prediction, n_in, False, int(new.numel()), hashlib.sha256(text.encode("utf-8")).hexdigest())
+        stop_set, gens = set(eos_ids), []
+        for row, (item, (text, _)) in enumerate(zip(items, prompts, strict=True)):
+            new = seqs[row, width:width + item.max_new_tokens].tolist()
+            for i, t in enumerate(new):
+                if t in stop_set:  # generate pads a finished row; alone it would have stopped here
+                    new = new[:i + 1]
+                    break
+            gens.append(Generation(tok.decode(new, skip_special_tokens=True), int(lengths[row]), False, len(new),
+                                   hashlib.sha256(text.encode("utf-8")).hexdigest()))
+        return gens

@@ -2,7 +2,8 @@
 
 The runner follows VLMEvalKit's model classes: one user turn holding the image(s) then the question,
 rendered by the model's own chat template, then the processor; greedy decoding; the KV cache passed to
-``generate``; batch 1 or a left-padded batch (``--batch-size``) that gives each item batch 1's tokens. Model-specific image handling as VLMEvalKit does it on OCRBench:
+``generate``; batch 1 or a left-padded batch (``--batch-size``) that gives each item batch 1's tokens.
+Model-specific image handling as VLMEvalKit does it on OCRBench:
 
 - Qwen2/2.5/3-VL: ``min_pixels = 10*10*f*f`` with ``f = patch_size*merge_size`` (``10*10*32*32`` for
   Qwen3-VL), ``max_pixels`` the processor's default (VLMEvalKit resizes with ``qwen_vl_utils``; the
