@@ -111,6 +111,10 @@ class Run:
         for source in (self.summary or {}, self.manifest):
             value = source.get("coverage")
             if isinstance(value, dict) and num(value.get("done")) is not None and num(value.get("total")) is not None:
+                if self.summary is None and self.n_records > (num(value["done"]) or 0):
+                    # an interrupted run: the manifest counted what was done when it started; its
+                    # records say how far it got
+                    value = {**value, "done": self.n_records, "complete": False}
                 return value
         return None
 

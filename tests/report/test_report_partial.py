@@ -67,3 +67,20 @@ def test_a_retried_item_counts_once_and_is_not_listed_failed(writer: StoreWriter
                records=[record("qasper_e", 0, failed=True), record("qasper_e", 1), record("qasper_e", 0)])
     (run,) = load_store(writer.root).runs
     assert run.n_records == 2 and run.failed == []
+
+
+def test_an_interrupted_run_counts_the_records_it_wrote(writer: StoreWriter):
+    """A run killed before its summary: the manifest's coverage says what was done when it started, its
+    records how far it got."""
+    import json
+
+    from report_helpers import record
+
+    started = {"done": 2, "total": 650, "fraction": 0.0, "missing_subsets": [], "complete": False}
+    rid = writer.run("longbench_e", "Qwen3-8B", "kivi", average=1.0, manifest_extra={"coverage": started},
+                     records=[record("qasper_e", i) for i in range(5)])
+    (folder,) = [p for p in (writer.root / "runs").iterdir()
+                 if json.loads((p / "manifest.json").read_text())["run_id"] == rid]
+    (folder / "summary.json").unlink()
+    partial = next(s for s in _report(writer.root).sections if s.id == "partial")
+    assert partial.blocks[0].rows[0][-2] == "5 of 650 items"
