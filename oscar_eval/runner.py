@@ -87,9 +87,20 @@ def evaluate_items(
 
 
 def length_batches(items: list[Item], batch_size: int, key: Callable[[Item], Any] | None) -> list[list[Item]]:
-    """Chunks of at most ``batch_size`` items with similar ``key`` (stable: equal keys keep data order)."""
-    ordered = sorted(items, key=key) if key is not None else list(items)
-    return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+    """Chunks of at most ``batch_size`` items with similar ``key`` (stable: equal keys keep data order).
+    An item whose key cannot be computed (an image or a clip that does not decode, say) comes last, in
+    a batch of its own: it fails there alone, as at batch 1, and the run goes on."""
+    if key is None:
+        ordered, alone = list(items), []
+    else:
+        keyed, alone = [], []
+        for item in items:
+            try:
+                keyed.append((key(item), item))
+            except Exception:  # noqa: BLE001 - generating it will raise again and record the error
+                alone.append(item)
+        ordered = [item for _, item in sorted(keyed, key=lambda pair: pair[0])]
+    return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)] + [[it] for it in alone]
 
 
 def _seed(seed: int) -> None:

@@ -105,6 +105,33 @@ def test_length_batches_group_similar_lengths():
     assert length_batches(items, 3, key=None)[0] == items[:3]
 
 
+def test_an_item_whose_batch_key_fails_is_run_alone_and_fails_alone(tmp_path):
+    """A key that raises (e.g. an image that does not decode when its prompt length is measured) must not
+    stop the run: that item gets a batch of its own, is recorded as failed, the others are generated."""
+    items = _items()
+
+    def key(it):
+        if it.index == 1:
+            raise OSError("cannot identify image file")
+        return it.length
+
+    groups = length_batches(items, 2, key=key)
+    assert [[it.index for it in g] for g in groups] == [[0, 3], [2], [1]]
+
+    def generate(item):
+        if item.index == 1:
+            raise OSError("cannot identify image file")
+        return Generation(f"p{item.index}", 3, False, 2, "0" * 64)
+
+    store = _store(tmp_path, "bad-key")
+    stats = evaluate_items(items, store, generate, lambda it, p: 1.0, seed=1,
+                           generate_batch=lambda batch: [generate(it) for it in batch], batch_size=2, batch_key=key)
+    store.close()
+    assert stats.failed == 1 and stats.done == 4
+    by_id = {r["item_id"]: r for r in store.latest_records()}
+    assert by_id["s/1"]["status"] == "failed" and "cannot identify image file" in by_id["s/1"]["error"]
+
+
 def _store(tmp_path, name: str) -> RunStore:
     store = RunStore(tmp_path, name)
     store.open(resume=False)
