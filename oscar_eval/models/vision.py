@@ -172,10 +172,9 @@ class VisionRunner:
         return [{"role": "user", "content": content}]
 
     def build_inputs(self, item: Any) -> tuple[Any, str]:
-        images = [self._open(im) for im in item.images]
-        text = self.processor.apply_chat_template(self.messages(item), add_generation_prompt=True, tokenize=False)
-        inputs = self.processor(text=[text], images=images or None, return_tensors="pt", **self.image_kwargs(item))
-        return inputs, text
+        """The processor's inputs for one item, and its rendered prompt."""
+        inputs, texts = self._batch_inputs([item])
+        return inputs, texts[0]
 
     @staticmethod
     def _open(image: Any):
