@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from oscar_eval.errors import UserError
-from oscar_eval.models.base import Generation, cache_kwarg
+from oscar_eval.models.base import Generation, cache_kwarg, cut_at_stop, eos_token_ids
 
 SAMPLE_RATE = 16000
 
@@ -256,16 +256,10 @@ class AudioRunner:
         return self.prompt_tokens(item)
 
     def _stop_ids(self, tok: Any) -> list[int]:
-        model = self.loaded.model
-        eos = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
-        eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-        for t in ("<|im_end|>",):
-            tid = tok.convert_tokens_to_ids(t) if hasattr(tok, "convert_tokens_to_ids") else None
-            if isinstance(tid, int) and tid >= 0 and tid != getattr(tok, "unk_token_id", None) and tid not in eos_ids:
-                eos_ids.append(tid)
-        if tok.eos_token_id is not None and tok.eos_token_id not in eos_ids:
-            eos_ids.append(tok.eos_token_id)
-        return eos_ids
+        # Qwen-Omni ends a turn with <|im_end|>, which some checkpoints' configs do not list
+        tid = tok.convert_tokens_to_ids("<|im_end|>") if hasattr(tok, "convert_tokens_to_ids") else None
+        turn_end = [tid] if isinstance(tid, int) and tid >= 0 and tid != getattr(tok, "unk_token_id", None) else []
+        return eos_token_ids(self.loaded.model, tok, turn_end)
 
     def generate(self, item: Any, cache: Any) -> Any:
         return self.generate_batch([item], cache)[0]
@@ -313,11 +307,7 @@ class AudioRunner:
         seqs = out[0] if isinstance(out, tuple) else getattr(out, "sequences", out)
         stop_set, gens = set(eos_ids), []
         for row, (item, (text, _)) in enumerate(zip(items, prompts, strict=True)):
-            new = seqs[row, width:width + item.max_new_tokens].tolist()
-            for i, t in enumerate(new):
-                if t in stop_set:  # generate pads a finished row; alone it would have stopped here
-                    new = new[:i + 1]
-                    break
+            new = cut_at_stop(seqs[row, width:width + item.max_new_tokens].tolist(), stop_set)
             gens.append(Generation(tok.decode(new, skip_special_tokens=True), int(lengths[row]), False, len(new),
                                    hashlib.sha256(text.encode("utf-8")).hexdigest()))
         return gens

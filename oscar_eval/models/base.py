@@ -48,6 +48,27 @@ class LoadedModel:
         return int(kv), int(head_dim)
 
 
+def eos_token_ids(model: Any, tok: Any, extra: Any = ()) -> list[int]:
+    """The ids that end a generation: generation_config's EOS id(s), the tokenizer's EOS, then ``extra``
+    (each once, in that order)."""
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    for t in (getattr(tok, "eos_token_id", None), *extra):
+        if t is not None and t not in ids:
+            ids.append(t)
+    return ids
+
+
+def cut_at_stop(tokens: list[int], stops: set[int]) -> list[int]:
+    """``tokens`` up to and including the first stop token: generate pads a row of a batch that finished
+    early, where the item alone would have stopped."""
+    for i, t in enumerate(tokens):
+        if t in stops:
+            return tokens[:i + 1]
+    return tokens
+
+
 def cache_kwarg() -> str:
     """Name of generate()'s cache argument: ``cache`` in newer transformers, else ``past_key_values``."""
     from oscar_core.compat import cache_kwarg as _name

@@ -6,7 +6,7 @@ import hashlib
 from typing import Any
 
 from oscar_eval.errors import UserError
-from oscar_eval.models.base import Generation, LoadedModel, cache_kwarg
+from oscar_eval.models.base import Generation, LoadedModel, cache_kwarg, cut_at_stop, eos_token_ids
 
 
 class TextRunner:
@@ -50,14 +50,8 @@ class TextRunner:
         return list(ids), truncated, text
 
     def _stop_ids(self, item: Any) -> list[int]:
-        tok, model = self.loaded.tokenizer, self.loaded.model
-        eos = model.generation_config.eos_token_id
-        eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-        if tok.eos_token_id is not None and tok.eos_token_id not in eos_ids:
-            eos_ids.append(tok.eos_token_id)
-        if item.stop_at_newline and self._newline_id is not None:
-            eos_ids = eos_ids + [self._newline_id]
-        return eos_ids
+        newline = [self._newline_id] if item.stop_at_newline and self._newline_id is not None else []
+        return eos_token_ids(self.loaded.model, self.loaded.tokenizer, newline)
 
     def prompt_tokens(self, item: Any) -> int:
         """The prompt's length in tokens (what a batch pads to): groups batches by length."""
@@ -104,11 +98,7 @@ class TextRunner:
         gens = []
         stop_set = set(eos_ids)
         for row, (item, (ids, truncated, text)) in enumerate(zip(items, built, strict=True)):
-            new = out[row, width:width + item.max_new_tokens].tolist()
-            for i, t in enumerate(new):
-                if t in stop_set:  # generate pads a finished row; batch 1 would have stopped here
-                    new = new[:i + 1]
-                    break
+            new = cut_at_stop(out[row, width:width + item.max_new_tokens].tolist(), stop_set)
             prediction = tok.decode(new, skip_special_tokens=True)
             gens.append(Generation(prediction, len(ids), truncated, len(new),
                                    hashlib.sha256(text.encode("utf-8")).hexdigest()))

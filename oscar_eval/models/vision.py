@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from oscar_eval.errors import UserError
-from oscar_eval.models.base import Generation, LoadedModel, cache_kwarg
+from oscar_eval.models.base import Generation, LoadedModel, cache_kwarg, cut_at_stop, eos_token_ids
 from oscar_eval.models.detect import QWEN_VL_TYPES
 from oscar_eval.models.resolve import resolve_device, resolve_dtype, resolve_model_path
 
@@ -196,12 +196,7 @@ class VisionRunner:
         return (json.dumps(self.image_kwargs(item), sort_keys=True), self.prompt_tokens(item))
 
     def _stop_ids(self) -> list[int]:
-        tok = self.processor.tokenizer
-        eos = self.loaded.model.generation_config.eos_token_id
-        eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-        if tok.eos_token_id is not None and tok.eos_token_id not in eos_ids:
-            eos_ids.append(tok.eos_token_id)
-        return eos_ids
+        return eos_token_ids(self.loaded.model, self.processor.tokenizer)
 
     def _batch_inputs(self, items: list[Any]) -> tuple[Any, list[str]]:
         """The processor on the whole batch, left-padded (the cache aligns each row to its first token)."""
@@ -254,11 +249,7 @@ class VisionRunner:
         stop_set = set(eos_ids)
         gens = []
         for row, (item, text) in enumerate(zip(items, texts, strict=True)):
-            new = out[row, width:width + item.max_new_tokens].tolist()
-            for i, t in enumerate(new):
-                if t in stop_set:
-                    new = new[:i + 1]
-                    break
+            new = cut_at_stop(out[row, width:width + item.max_new_tokens].tolist(), stop_set)
             prediction = tok.decode(new, skip_special_tokens=True)
             if "</think>" in prediction:  # thinking variants: keep the answer after the reasoning
                 prediction = prediction.split("</think>")[-1]
